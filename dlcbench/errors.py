@@ -5,6 +5,7 @@ Library code raises these; only the scripts catch them (see :func:`run_cli`).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -131,4 +132,9 @@ def run_cli(main: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         code = ExitCode.INTERRUPTED
+    except Exception as err:  # last resort: still one line; DLCBENCH_DEBUG=1 shows the traceback
+        if os.environ.get("DLCBENCH_DEBUG"):
+            raise
+        print(f"error: unexpected {type(err).__name__}: {one_line(err)} (DLCBENCH_DEBUG=1 for details)", file=sys.stderr)
+        code = ExitCode.BACKEND_ERROR
     sys.exit(code or 0)

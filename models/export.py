@@ -274,9 +274,12 @@ def run_onnxruntime(path: Path, inputs: dict[str, np.ndarray], threads: int = 0)
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs)))
+    try:
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, inputs)))
+    except Exception as err:
+        raise ExportError(f"ONNX Runtime cannot run {Path(path).name}: {one_line(err, 300)}") from None
 
 
 def fold_constants(src: Path, dst: Path) -> None:
@@ -287,7 +290,10 @@ def fold_constants(src: Path, dst: Path) -> None:
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    try:
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise ExportError(f"constant folding with ONNX Runtime failed: {one_line(err, 300)}") from None
 
 
 def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) -> None:

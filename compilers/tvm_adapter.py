@@ -1,0 +1,225 @@
+"""Apache TVM (Relax): ``from_onnx`` -> ``tvm.compile`` -> ``relax.VirtualMachine``.
+
+TVM 0.27 has no Relay, AutoTVM or graph executor. Targets are JSON dicts; the
+CPU target carries the host ``mcpu`` (a plain ``{"kind": "llvm"}`` is a generic
+CPU without AVX-512) and ``num-cores``. Weights are kept apart from the code
+(``params.npz``) so artifacts stay small and code can be shared across weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlcbench.errors import (
+    BackendRuntimeError,
+    BackendUnavailableError,
+    BadInputError,
+    CompileError,
+    DlcbenchError,
+    UnsupportedOpError,
+    one_line,
+)
+
+from compilers.base import Adapter, Availability, CompileOptions, Manifest, Session
+
+CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+
+
+@dataclass
+class TvmOptions(CompileOptions):
+    """TVM options.
+
+    Attributes:
+        mcpu: LLVM CPU name for the ``cpu`` target; ``None`` = this host's CPU.
+        arch: CUDA architecture for the ``cuda`` target (``sm_90`` for H100/H200).
+        separate_params: Keep weights in ``params.npz`` instead of baking them into the library.
+    """
+
+    mcpu: str | None = None
+    arch: str = "sm_90"
+    separate_params: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.arch not in CUDA_ARCHS:
+            raise BadInputError(f"unknown CUDA arch {self.arch!r}; valid: {', '.join(CUDA_ARCHS)}")
+
+
+def host_cpu() -> str:
+    """The LLVM name of this machine's CPU (``znver4``, ``sapphirerapids``...)."""
+    import tvm
+
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def cpu_target(threads: int, mcpu: str | None = None) -> dict[str, Any]:
+    """The LLVM target dict for this host with ``num-cores`` = ``threads``."""
+    return {"kind": "llvm", "mcpu": mcpu or host_cpu(), "num-cores": int(threads)}
+
+
+def unsupported_ops(onnx_model) -> list[str]:
+    """Operators of ``onnx_model`` that TVM's Relax ONNX importer has no converter for."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = _get_convert_map()
+    return sorted({node.op_type for node in onnx_model.graph.node if node.op_type not in known})
+
+
+def import_onnx(onnx_model, input_shapes: dict[str, list[int]], separate_params: bool):
+    """Imports an ONNX model into Relax; returns ``(IRModule, list of numpy params)``."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    missing = unsupported_ops(onnx_model)
+    if missing:
+        raise UnsupportedOpError("tvm", missing, "no Relax ONNX converter")
+    try:
+        mod = from_onnx(onnx_model, shape_dict=input_shapes, keep_params_in_input=separate_params)
+    except Exception as err:
+        raise CompileError(f"TVM's ONNX importer failed: {one_line(err, 300)}") from None
+    params: list[np.ndarray] = []
+    if separate_params:
+        mod, detached = relax.frontend.detach_params(mod)
+        params = [p.numpy() for p in detached.get("main", [])]
+    return mod, params
+
+
+class TvmSession(Session):
+    """A Relax VirtualMachine over the artifact's library, weights uploaded once."""
+
+    native_timer_name = "tvm.time_evaluator"
+
+    def __init__(self, manifest: Manifest, lib, device, params: list[np.ndarray]):
+        import tvm
+        from tvm import relax
+
+        super().__init__(manifest)
+        self._tvm = tvm
+        self._device = device
+        self._vm = relax.VirtualMachine(lib, device)
+        self._params = [tvm.runtime.tensor(p, device) for p in params]
+        self._input_names = [i["name"] for i in manifest.inputs]
+        self._staged: list | None = None
+
+    def _args(self, inputs):
+        missing = [n for n in self._input_names if n not in inputs]
+        if missing:
+            raise BadInputError(f"missing input(s) {', '.join(missing)}; expected {', '.join(self._input_names)}")
+        for spec in self.manifest.inputs:
+            if list(inputs[spec["name"]].shape) != list(spec["shape"]):
+                raise BadInputError(
+                    f"input {spec['name']} has shape {list(inputs[spec['name']].shape)}, artifact expects {spec['shape']}"
+                )
+        return [self._tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), self._device) for n in self._input_names]
+
+    def _outputs(self, result) -> dict[str, np.ndarray]:
+        values = [result] if hasattr(result, "numpy") else list(result)
+        return {name: v.numpy() for name, v in zip(self.output_names, values)}
+
+    def run(self, inputs):
+        args = self._args(inputs)
+        try:
+            result = self._vm["main"](*args, *self._params)
+        except Exception as err:
+            raise BackendRuntimeError(f"tvm run failed: {one_line(err, 300)}") from None
+        return self._outputs(result)
+
+    def prepare(self, inputs):
+        self._staged = self._args(inputs) + self._params
+
+    def run_prepared(self):
+        self._vm["main"](*self._staged)
+        self._device.sync()
+
+    def native_time(self, inputs, repeat, number=1):
+        evaluator = self._vm.time_evaluator("main", self._device, number=number, repeat=repeat)
+        return [float(x) for x in evaluator(*self._args(inputs), *self._params).results]
+
+    def close(self):
+        self._vm = None
+        self._params = []
+        self._staged = None
+
+
+class TvmAdapter(Adapter):
+    """Apache TVM Relax, for the host CPU (LLVM) or an NVIDIA GPU (CUDA, cross-compiled with nvcc)."""
+
+    name = "tvm"
+    source = "onnx-folded"
+    targets = ("cpu", "cuda")
+    precisions = ("fp32",)
+    Options = TvmOptions
+
+    @classmethod
+    def available(cls) -> Availability:
+        try:
+            version = metadata.version("apache-tvm")
+        except metadata.PackageNotFoundError:
+            return Availability(False, "apache-tvm is not installed")
+        if not version.startswith("0.27"):
+            return Availability(False, f"dlcbench needs apache-tvm 0.27, found {version}")
+        return Availability(True)
+
+    def version(self) -> str:
+        return metadata.version("apache-tvm")
+
+    def _compile(self, model, options: TvmOptions, out_dir: Path) -> dict[str, Any]:
+        import onnx
+
+        onnx_model = onnx.load(str(model.onnx_path))
+        shapes = {i["name"]: [options.batch, *i["shape"][1:]] for i in model.meta["inputs"]}
+        mod, params = import_onnx(onnx_model, shapes, options.separate_params)
+        if options.target == "cuda":
+            from compilers.tvm_cuda import compile_cuda, device_code_archs
+
+            executable = compile_cuda(mod, options.arch)
+            target_detail: Any = {"kind": "cuda", "arch": options.arch}
+        else:
+            executable, target_detail = self._compile_cpu(mod, options)
+        executable.export_library(str(out_dir / "model.so"))
+        files = {"library": "model.so"}
+        extra: dict[str, Any] = {}
+        if options.target == "cuda":
+            extra["device_code_archs"] = device_code_archs(out_dir / "model.so")
+            if options.arch not in extra["device_code_archs"]:
+                raise CompileError(f"the CUDA library holds no {options.arch} device code")
+        if options.separate_params:
+            np.savez(out_dir / "params.npz", *params)
+            files["params"] = "params.npz"
+        return {"files": files, "target_detail": target_detail, "extra": extra}
+
+    def _compile_cpu(self, mod, options: TvmOptions):
+        import tvm
+
+        target_dict = cpu_target(options.threads, options.mcpu)
+        target = tvm.target.Target(target_dict)
+        return tvm.compile(mod, target=target), target_dict
+
+    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
+        import tvm
+
+        threads = threads or manifest.options["threads"]
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+        try:
+            config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+            if config is not None:
+                config(0, threads)  # 0 = big cores, as many as asked
+            device = tvm.cuda(0) if manifest.target == "cuda" else tvm.cpu(0)
+            if manifest.target == "cuda" and not device.exist:
+                raise BackendUnavailableError("no CUDA GPU on this machine to run a tvm cuda artifact")
+            lib = tvm.runtime.load_module(str(artifact_dir / manifest.files["library"]))
+            params: list[np.ndarray] = []
+            if "params" in manifest.files:
+                with np.load(artifact_dir / manifest.files["params"]) as data:
+                    params = [data[f"arr_{i}"] for i in range(len(data.files))]
+            return TvmSession(manifest, lib, device, params)
+        except DlcbenchError:
+            raise
+        except Exception as err:
+            raise BackendRuntimeError(f"tvm could not load {artifact_dir}: {one_line(err, 300)}") from None

@@ -1,0 +1,1 @@
+"""The common runner: output checks, fair timing, isolation, results store and reports."""
