@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -152,11 +153,38 @@ class Session(abc.ABC):
         self.close()
 
 
+SOURCES = ("onnx", "onnx-folded", "keras")
+TARGETS = ("cpu", "cuda")
+
+
+def check_imports(*modules: str, hint: str = "") -> Availability:
+    """Imports ``modules`` in order; says which one failed and why (the usual body of ``available()``)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # ImportError, or a broken install raising anything at import time
+            return Availability(False, f"cannot import {module} ({type(err).__name__}: {one_line(err, 160)})", hint)
+    return Availability(True)
+
+
+def package_version(*distributions: str) -> str:
+    """The installed version of the first of ``distributions`` found (``"unknown"`` if none is)."""
+    from importlib import metadata
+
+    for dist in distributions:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 class Adapter(abc.ABC):
     """A compiler backend: compile a model into an artifact, load an artifact into a session.
 
-    Subclasses set the class attributes and implement :meth:`available`,
-    :meth:`version`, :meth:`_compile` and :meth:`_load`.
+    Subclasses set the class attributes and implement :meth:`version`,
+    :meth:`_compile` and :meth:`_load`; :meth:`available` imports ``requires``
+    unless overridden. See ``docs/adding-a-backend.md``.
     """
 
     name: ClassVar[str]
@@ -166,11 +194,17 @@ class Adapter(abc.ABC):
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     Options: ClassVar[type[CompileOptions]] = CompileOptions
     install_hint: ClassVar[str] = ""
+    #: Top-level modules of the backend's library. Import them only inside methods; the default
+    #: :meth:`available` imports them, and the conformance suite hides them to check the reason given.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    @abc.abstractmethod
     def available(cls) -> Availability:
-        """Says whether the backend can run here, and if not, why and how to install it."""
+        """Says whether the backend can run here, and if not, why and how to install it.
+
+        The default imports every module in ``requires``; override it to check versions or hardware too.
+        """
+        return check_imports(*cls.requires, hint=cls.install_hint)
 
     @abc.abstractmethod
     def version(self) -> str:
@@ -190,6 +224,17 @@ class Adapter(abc.ABC):
         """Opens an artifact written by :meth:`_compile`."""
 
     # ----------------------------------------------------------------- template methods
+
+    def input_shapes(self, model, options: CompileOptions) -> dict[str, list[int]]:
+        """The static input shapes an artifact of ``model`` is built for, by input name.
+
+        The leading (batch) dimension becomes ``options.batch``, unless the model's
+        shapes are fixed (``model.meta["fixed_shapes"]``: an ONNX operator test,
+        scalars, inputs with different leading dimensions), when they are kept.
+        """
+        if model.meta.get("fixed_shapes"):
+            return {i["name"]: list(i["shape"]) for i in model.meta["inputs"]}
+        return {i["name"]: [options.batch, *i["shape"][1:]] for i in model.meta["inputs"]}
 
     def make_options(self, **values: Any) -> CompileOptions:
         """Builds and validates this adapter's options (common and backend-specific fields)."""
@@ -219,7 +264,8 @@ class Adapter(abc.ABC):
         """Raises :class:`BackendUnavailableError` with the reason and install hint."""
         status = self.available()
         if not status:
-            hint = f" (install: {status.install_hint})" if status.install_hint else ""
+            install = status.install_hint or self.install_hint
+            hint = f" (install: {install})" if install else ""
             raise BackendUnavailableError(f"backend {self.name} is not available: {status.reason}{hint}")
 
     def compile(self, model, options: CompileOptions, out_dir: Path) -> Manifest:
@@ -246,7 +292,8 @@ class Adapter(abc.ABC):
             raise CompileError(f"{self.name} failed to compile {model.name}: {one_line(err, 300)}") from err
         seconds = time.perf_counter() - start
         outputs = [dict(o) for o in model.meta["outputs"]]
-        inputs = [dict(i, shape=[options.batch, *i["shape"][1:]]) for i in model.meta["inputs"]]
+        shapes = self.input_shapes(model, options)
+        inputs = [dict(i, shape=shapes[i["name"]]) for i in model.meta["inputs"]]
         manifest = Manifest(
             backend=self.name,
             backend_version=self.version(),

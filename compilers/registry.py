@@ -30,15 +30,20 @@ class BackendEntry:
     target: str
     install_hint: str
     origin: str = "builtin"
+    #: Import names of the backend's library, for adapter classes that do not declare ``requires``.
+    requires: tuple[str, ...] = ()
 
 
 _BUILTIN = {
-    "tvm": BackendEntry("tvm", "compilers.tvm_adapter:TvmAdapter", "pip install apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1"),
-    "onnxruntime": BackendEntry("onnxruntime", "compilers.ort_adapter:OnnxRuntimeAdapter", "pip install onnxruntime"),
-    "tensorflow": BackendEntry("tensorflow", "compilers.tf_adapter:TensorFlowAdapter", "pip install tensorflow"),
-    "xla": BackendEntry("xla", "compilers.tf_adapter:XlaAdapter", "pip install tensorflow"),
-    "trt": BackendEntry("trt", "compilers.trt_adapter:TensorRTAdapter", "pip install 'tensorrt>=10,<11' cuda-python (needs an NVIDIA GPU)"),
-    "tftrt": BackendEntry("tftrt", "compilers.tftrt_adapter:TfTrtAdapter", "pip install 'tensorflow[and-cuda]==2.17.*' with TensorRT 8.6 (TF-TRT was removed in TensorFlow 2.18)"),
+    "tvm": BackendEntry("tvm", "compilers.tvm_adapter:TvmAdapter", "pip install apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1", requires=("tvm",)),
+    "onnxruntime": BackendEntry("onnxruntime", "compilers.ort_adapter:OnnxRuntimeAdapter", "pip install onnxruntime", requires=("onnxruntime",)),
+    "tensorflow": BackendEntry("tensorflow", "compilers.tf_adapter:TensorFlowAdapter", "pip install tensorflow", requires=("tensorflow",)),
+    "xla": BackendEntry("xla", "compilers.tf_adapter:XlaAdapter", "pip install tensorflow", requires=("tensorflow",)),
+    "trt": BackendEntry("trt", "compilers.trt_adapter:TensorRTAdapter", "pip install 'tensorrt>=10,<11' cuda-python (needs an NVIDIA GPU)", requires=("tensorrt",)),
+    "tftrt": BackendEntry("tftrt", "compilers.tftrt_adapter:TfTrtAdapter", "pip install 'tensorflow[and-cuda]==2.17.*' with TensorRT 8.6 (TF-TRT was removed in TensorFlow 2.18)", requires=("tensorflow",)),
+    "openvino": BackendEntry("openvino", "compilers.openvino_adapter:OpenVinoAdapter", "pip install -e '.[openvino]' (openvino==2026.4.1)"),
+    "torch": BackendEntry("torch", "compilers.torch_adapter:TorchAdapter", "pip install -e '.[torch]' (torch==2.13.0, onnx2torch==1.5.15)"),
+    "inductor": BackendEntry("inductor", "compilers.torch_adapter:InductorAdapter", "pip install -e '.[torch]' (torch==2.13.0, onnx2torch==1.5.15; needs a C++ compiler)"),
 }
 
 BUILTIN = MappingProxyType(_BUILTIN)
@@ -88,6 +93,8 @@ def get_adapter_class(name: str) -> type[Adapter]:
         raise BadInputError(f"backend {name} ({entry.target}) is not a compilers.base.Adapter subclass")
     if not getattr(cls, "install_hint", ""):
         cls.install_hint = entry.install_hint
+    if not cls.__dict__.get("requires") and entry.requires:
+        cls.requires = entry.requires
     return cls
 
 

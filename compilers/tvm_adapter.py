@@ -8,7 +8,9 @@ CPU without AVX-512) and ``num-cores``. Weights are kept apart from the code
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -39,16 +41,36 @@ class TvmOptions(CompileOptions):
         mcpu: LLVM CPU name for the ``cpu`` target; ``None`` = this host's CPU.
         arch: CUDA architecture for the ``cuda`` target (``sm_90`` for H100/H200).
         separate_params: Keep weights in ``params.npz`` instead of baking them into the library.
+        tune_trials: MetaSchedule trials for this model (0 = no tuning); records already in the database count.
+        tune_minutes: MetaSchedule time budget; tuning stops cleanly with the best so far.
+        tuning_db: MetaSchedule database directory to use (import/export); default: one per target under the cache.
+            Given without a budget, its records are applied without tuning.
+        tune_strategy: MetaSchedule search strategy (``evolutionary``, ``replay-trace``, ``replay-func``).
+        tune_cost_model: ``xgb``, ``mlp`` or ``random``.
     """
 
     mcpu: str | None = None
     arch: str = "sm_90"
     separate_params: bool = True
+    tune_trials: int = 0
+    tune_minutes: float = 0.0
+    tuning_db: str | None = None
+    tune_strategy: str = "evolutionary"
+    tune_cost_model: str = "xgb"
 
     def __post_init__(self):
         super().__post_init__()
         if self.arch not in CUDA_ARCHS:
             raise BadInputError(f"unknown CUDA arch {self.arch!r}; valid: {', '.join(CUDA_ARCHS)}")
+        if self.tune_trials < 0 or self.tune_minutes < 0:
+            raise BadInputError("tune_trials and tune_minutes must be non-negative")
+        if self.target == "cuda" and self.tuning:
+            raise BadInputError("MetaSchedule tuning is supported for the cpu target only (cuda uses dlight schedules)")
+
+    @property
+    def tuning(self) -> bool:
+        """Whether MetaSchedule is involved (a budget or a database was given)."""
+        return bool(self.tune_trials or self.tune_minutes or self.tuning_db)
 
 
 def host_cpu() -> str:
@@ -90,6 +112,13 @@ def import_onnx(onnx_model, input_shapes: dict[str, list[int]], separate_params:
     return mod, params
 
 
+def _to_numpy(value) -> np.ndarray:
+    """A VM result as numpy: tensors via ``.numpy()``, shape tuples (ONNX ``Shape``) as int64 arrays."""
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    return np.asarray([int(v) for v in value], dtype=np.int64)
+
+
 class TvmSession(Session):
     """A Relax VirtualMachine over the artifact's library, weights uploaded once."""
 
@@ -116,11 +145,14 @@ class TvmSession(Session):
                 raise BadInputError(
                     f"input {spec['name']} has shape {list(inputs[spec['name']].shape)}, artifact expects {spec['shape']}"
                 )
-        return [self._tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), self._device) for n in self._input_names]
+        # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d inputs into 1-d ones.
+        return [self._tvm.runtime.tensor(np.asarray(inputs[n], order="C"), self._device) for n in self._input_names]
 
     def _outputs(self, result) -> dict[str, np.ndarray]:
         values = [result] if hasattr(result, "numpy") else list(result)
-        return {name: v.numpy() for name, v in zip(self.output_names, values)}
+        if len(self.output_names) == 1 and not hasattr(result, "numpy") and not all(hasattr(v, "numpy") for v in values):
+            values = [result]  # a single output that is a shape tuple (ONNX Shape), not a tuple of outputs
+        return {name: _to_numpy(v) for name, v in zip(self.output_names, values)}
 
     def run(self, inputs):
         args = self._args(inputs)
@@ -156,6 +188,11 @@ class TvmAdapter(Adapter):
     precisions = ("fp32",)
     Options = TvmOptions
 
+    @staticmethod
+    def progress(line: str) -> None:
+        """Tuning progress goes to stderr, one line per round."""
+        print(line, file=sys.stderr, flush=True)
+
     @classmethod
     def available(cls) -> Availability:
         try:
@@ -173,18 +210,28 @@ class TvmAdapter(Adapter):
         import onnx
 
         onnx_model = onnx.load(str(model.onnx_path))
-        shapes = {i["name"]: [options.batch, *i["shape"][1:]] for i in model.meta["inputs"]}
+        shapes = self.input_shapes(model, options)
         mod, params = import_onnx(onnx_model, shapes, options.separate_params)
         if options.target == "cuda":
             from compilers.tvm_cuda import compile_cuda, device_code_archs
 
             executable = compile_cuda(mod, options.arch)
             target_detail: Any = {"kind": "cuda", "arch": options.arch}
+            extra: dict[str, Any] = {}
         else:
-            executable, target_detail = self._compile_cpu(mod, options)
+            executable, target_detail, extra = self._compile_cpu(mod, options)
         executable.export_library(str(out_dir / "model.so"))
         files = {"library": "model.so"}
-        extra: dict[str, Any] = {}
+        if extra.get("tuning", {}).get("curve"):
+            (out_dir / "tuning_curve.json").write_text(json.dumps(extra["tuning"]["curve"]))
+            files["tuning_curve"] = "tuning_curve.json"
+            try:
+                from compilers.tvm_tuning import plot_curve
+
+                plot_curve(extra["tuning"]["curve"], out_dir / "tuning_curve.png")
+                files["tuning_curve_plot"] = "tuning_curve.png"
+            except ImportError:
+                pass  # matplotlib is optional
         if options.target == "cuda":
             extra["device_code_archs"] = device_code_archs(out_dir / "model.so")
             if options.arch not in extra["device_code_archs"]:
@@ -199,7 +246,20 @@ class TvmAdapter(Adapter):
 
         target_dict = cpu_target(options.threads, options.mcpu)
         target = tvm.target.Target(target_dict)
-        return tvm.compile(mod, target=target), target_dict
+        if not options.tuning:
+            return tvm.compile(mod, target=target), target_dict, {}
+        from compilers import tvm_tuning
+
+        config = tvm_tuning.TuningConfig(
+            trials=options.tune_trials, minutes=options.tune_minutes,
+            db=Path(options.tuning_db) if options.tuning_db else None,
+            strategy=options.tune_strategy, cost_model=options.tune_cost_model,
+        )
+        mod = tvm_tuning.prepare_module(mod, target)
+        database, report = tvm_tuning.tune_module(mod, target_dict, config, progress=self.progress)
+        mod = tvm_tuning.apply_database(mod, target, database)
+        extra = {"tuning_seconds": report.seconds, "tuning": report.to_dict()}
+        return tvm.compile(mod, target=target), target_dict, extra
 
     def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
         import tvm

@@ -536,9 +536,67 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
     }
 
 
+def wrap_onnx(onnx_model, directory: Path, name: str, inputs: dict[str, np.ndarray] | None = None,
+              reference: dict[str, np.ndarray] | None = None, fixed_shapes: bool = True,
+              reference_source: str = "given") -> ExportedModel:
+    """Wraps an ONNX model (path or ``ModelProto``) that needs no export as an :class:`ExportedModel`.
+
+    For ONNX files that come with their own inputs and expected outputs (the
+    ONNX operator tests, a user's test vectors): writes ``model.onnx`` and
+    ``meta.json`` into ``directory`` (plus ``inputs.npz``/``reference.npz`` when
+    given) without running anything. Shapes are taken from the graph; with
+    ``fixed_shapes`` adapters build for exactly those shapes instead of setting
+    the leading dimension to the batch size (see ``Adapter.input_shapes``).
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_model)) if isinstance(onnx_model, (str, Path)) else onnx_model
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(directory / "model.onnx"))
+
+    def spec(value) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        if not value.type.HasField("tensor_type"):
+            raise BadInputError(f"{name}: {value.name} is not a tensor ({value.type.WhichOneof('value')})")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        try:
+            dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
+        except Exception:
+            dtype = f"onnx:{tensor.elem_type}"
+        return {"name": value.name, "shape": dims, "dtype": dtype}
+
+    input_specs = [spec(v) for v in graph_inputs(model)]
+    if inputs:
+        input_specs = [dict(s, shape=list(np.shape(inputs[s["name"]]))) if s["name"] in inputs else s
+                       for s in input_specs]
+    output_specs = [spec(v) for v in model.graph.output]
+    if reference:
+        output_specs = [dict(s, shape=list(np.shape(reference[s["name"]]))) if s["name"] in reference else s
+                        for s in output_specs]
+    first = input_specs[0]["shape"] if input_specs else []
+    meta = {
+        "name": name, "source": str(onnx_model) if isinstance(onnx_model, (str, Path)) else name, "kind": "onnx",
+        "batch": first[0] if first and first[0] else 1, "opset": max((o.version for o in model.opset_import
+                                                                     if o.domain in ("", "ai.onnx")), default=None),
+        "static": True, "folded": False, "task": "generic", "keras": None, "reference_source": reference_source,
+        "fixed_shapes": bool(fixed_shapes), "inputs": input_specs, "outputs": output_specs, "summary": {},
+        "onnx_sha256": file_digest(directory / "model.onnx"),
+    }
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    for file, arrays in (("inputs.npz", inputs), ("reference.npz", reference)):
+        if arrays is not None:
+            try:
+                np.savez(directory / file, **arrays)
+            except Exception:  # dtypes numpy cannot store (strings of objects, some ml_dtypes): keep them in memory
+                (directory / file).unlink(missing_ok=True)
+    return ExportedModel(directory, meta)
+
+
 def export_from_dict(values: dict[str, Any]) -> ExportedModel:
     """Convenience for subprocesses: ``export_model(ExportConfig(**values))``."""
     return export_model(ExportConfig(**values))
 
 
-__all__ = ["ExportConfig", "ExportedModel", "export_model", "default_cache_dir", "load_onnx", "fix_erfc", "asdict"]
+__all__ = ["ExportConfig", "ExportedModel", "export_model", "wrap_onnx", "default_cache_dir", "load_onnx", "fix_erfc", "asdict"]

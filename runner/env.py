@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi",
-            "tensorrt", "openvino", "torch", "xgboost-cpu")
+            "tensorrt", "openvino", "torch", "onnx2torch", "xgboost-cpu")
 _FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "sve")
 
 

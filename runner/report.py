@@ -25,19 +25,25 @@ def _label(row: dict[str, Any]) -> str:
     return Path(row["model"]).stem
 
 
+def series(row: dict[str, Any]) -> str:
+    """The plotted series of a row: the backend, with its target when not the CPU (``tvm@cuda``)."""
+    target = row.get("target") or "cpu"
+    return row["backend"] if target == "cpu" else f"{row['backend']}@{target}"
+
+
 def plot_latency(rows, path: Path) -> None:
     """Median latency per model and backend with p10-p90 error bars, one panel per batch."""
     plt = _plt()
     batches = sorted({r["batch"] for r in rows})
     models = sorted({_label(r) for r in rows})
-    backends = sorted({r["backend"] for r in rows})
+    backends = sorted({series(r) for r in rows})
     fig, axes = plt.subplots(1, len(batches), figsize=(max(6, 2.5 * len(models)) * len(batches) / 1.5, 4), squeeze=False)
     width = 0.8 / max(len(backends), 1)
     for ax, batch in zip(axes[0], batches):
         for i, backend in enumerate(backends):
             meds, lo, hi = [], [], []
             for model in models:
-                row = next((r for r in rows if r["backend"] == backend and _label(r) == model and r["batch"] == batch), None)
+                row = next((r for r in rows if series(r) == backend and _label(r) == model and r["batch"] == batch), None)
                 samples = np.asarray(row["samples"]) * 1e3 if row and row.get("samples") else None
                 if samples is None or row["median_ms"] is None:
                     meds.append(np.nan), lo.append(0), hi.append(0)
@@ -60,8 +66,8 @@ def speedups(rows, baseline: str) -> tuple[list[str], list[str], np.ndarray]:
     """Baseline median / backend median per (model at smallest batch, backend); NaN where missing."""
     batch = min(r["batch"] for r in rows)
     models = sorted({_label(r) for r in rows})
-    backends = sorted({r["backend"] for r in rows})
-    med = {(_label(r), r["backend"]): r["median_ms"] for r in rows if r["batch"] == batch and r["median_ms"]}
+    backends = sorted({series(r) for r in rows})
+    med = {(_label(r), series(r)): r["median_ms"] for r in rows if r["batch"] == batch and r["median_ms"]}
     grid = np.full((len(models), len(backends)), np.nan)
     for i, model in enumerate(models):
         base = med.get((model, baseline))
@@ -93,12 +99,12 @@ def plot_speedup(rows, baseline: str, path: Path) -> None:
 def plot_scaling(rows, path: Path) -> None:
     """Throughput against batch size per model and backend."""
     plt = _plt()
-    series = defaultdict(list)
+    lines = defaultdict(list)
     for r in rows:
         if r["throughput"]:
-            series[(_label(r), r["backend"])].append((r["batch"], r["throughput"]))
+            lines[(_label(r), series(r))].append((r["batch"], r["throughput"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (model, backend), points in sorted(series.items()):
+    for (model, backend), points in sorted(lines.items()):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{model}/{backend}")
     ax.set_xscale("log", base=2)
@@ -121,7 +127,7 @@ def roofline_points(rows) -> list[dict[str, Any]]:
         manifest = r.get("manifest") or {}
         params = (r.get("stats") or {}).get("parameters")
         weight_bytes = 4 * (params or 0) or max(r.get("artifact_bytes") or 0, 1)
-        points.append({"label": f"{_label(r)}/{r['backend']}/b{r['batch']}", "backend": r["backend"],
+        points.append({"label": f"{_label(r)}/{series(r)}/b{r['batch']}", "backend": series(r),
                        "gflops": r["flops"] / (r["median_ms"] / 1e3) / 1e9,
                        "intensity": r["flops"] / weight_bytes, "target": manifest.get("target")})
     return points
@@ -162,13 +168,15 @@ def write_report(db: Path, experiment: str, out_dir: Path, baseline: str | None 
     out_dir = Path(out_dir)
     with ResultsStore(db) as store:
         rows = store.results(experiment)
-        env_ids = {r["environment_id"] for r in rows if r["environment_id"]}
-        environment = store.environment(next(iter(env_ids))) if env_ids else {}
+        env_ids = sorted({r["environment_id"] for r in rows if r["environment_id"]})
+        environments = [store.environment(i) for i in env_ids]
+        cpu_envs = [e for e in environments if not e.get("gpus")] or environments
+        environment = cpu_envs[0] if cpu_envs else {}
         table = store.export(experiment, "md")
     good = [r for r in rows if r["median_ms"] is not None]
     if not good:
         raise BadInputError(f"experiment {experiment!r} has no timed job to report")
-    backends = sorted({r["backend"] for r in good})
+    backends = sorted({series(r) for r in good})
     baseline = baseline or ("onnxruntime" if "onnxruntime" in backends else backends[0])
     if baseline not in backends:
         raise BadInputError(f"baseline {baseline!r} has no results in {experiment}; valid: {', '.join(backends)}")
@@ -179,13 +187,16 @@ def write_report(db: Path, experiment: str, out_dir: Path, baseline: str | None 
     plot_roofline(good, environment, out_dir / "roofline.png")
     failures = [r for r in rows if r["status"] != "ok"]
     unstable = [r for r in good if r["unstable"]]
-    cpu = environment.get("cpu", {})
+    machines = []
+    for env in environments:
+        gpus = ", ".join(f"{g.get('name')} (driver {g.get('driver')})" for g in env.get("gpus", [])) or "none"
+        peak = (f"; measured peak {env.get('peak_gflops')} GFLOP/s, {env.get('peak_bandwidth_gbs')} GB/s"
+                if env.get("peak_gflops") else "")
+        machines.append(f"- {env.get('cpu', {}).get('model', '?')}, {env.get('cores', '?')} cores, "
+                        f"{env.get('memory_gb', '?')} GB; GPUs: {gpus}; git {env.get('git_revision')}{peak}")
     lines = [
-        f"# dlcbench report: {experiment}", "",
-        f"Machine: {cpu.get('model', '?')}, {environment.get('cores', '?')} cores, "
-        f"{environment.get('memory_gb', '?')} GB; GPUs: {', '.join(g['name'] for g in environment.get('gpus', [])) or 'none'}; "
-        f"git {environment.get('git_revision')}; measured peak {environment.get('peak_gflops')} GFLOP/s, "
-        f"{environment.get('peak_bandwidth_gbs')} GB/s.", "",
+        f"# dlcbench report: {experiment}", "", "Machines (the roofline uses the first CPU machine's peak):", "",
+        *machines, "",
         f"Speedups are relative to **{baseline}**. {len(failures)} failed job(s), {len(unstable)} unstable timing(s) "
         "(coefficient of variation above 2.5 %).", "",
         "## Results", "", table, "",
@@ -193,7 +204,7 @@ def write_report(db: Path, experiment: str, out_dir: Path, baseline: str | None 
         "![scaling](scaling.png)", "", "![roofline](roofline.png)", "",
     ]
     if failures:
-        lines += ["## Failures", ""] + [f"- {Path(r['model']).stem}/{r['backend']}/b{r['batch']}: "
+        lines += ["## Failures", ""] + [f"- {Path(r['model']).stem}/{series(r)}/b{r['batch']}: "
                                         f"**{r['category']}**: {r['message']}" for r in failures] + [""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))

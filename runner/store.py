@@ -46,7 +46,23 @@ CREATE TABLE IF NOT EXISTS results (
     created TEXT NOT NULL,
     UNIQUE (experiment, job_key)
 );
+-- ONNX operator coverage (scripts/coverage.py): one row per (run, node test, backend).
+CREATE TABLE IF NOT EXISTS coverage (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    test TEXT NOT NULL,
+    op TEXT NOT NULL, domain TEXT NOT NULL, opset INTEGER, expanded INTEGER NOT NULL,
+    backend TEXT NOT NULL, backend_version TEXT,
+    status TEXT NOT NULL,              -- pass | wrong_result | unsupported | error | crash | timeout | skipped
+    message TEXT, max_abs_err REAL, seconds REAL,
+    environment_id INTEGER REFERENCES environments(id),
+    created TEXT NOT NULL,
+    UNIQUE (run, test, backend)
+);
 """
+
+COVERAGE_COLUMNS = ("run", "test", "op", "domain", "opset", "expanded", "backend", "backend_version", "status",
+                    "message", "max_abs_err", "seconds", "environment_id", "created")
 
 COLUMNS = ("experiment", "model", "backend", "target", "precision", "batch", "threads", "status", "category",
            "message", "median_ms", "p90_ms", "mean_ms", "std_ms", "cv", "unstable", "throughput",
@@ -129,7 +145,28 @@ class ResultsStore:
                   time.strftime("%Y-%m-%dT%H:%M:%S%z")]
         self._write(f"INSERT OR REPLACE INTO results ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values)
 
+    def add_coverage(self, run: str, row: dict[str, Any], environment_id: int | None = None) -> None:
+        """Inserts (or replaces) the outcome of one ONNX node test on one backend."""
+        values = {c: row.get(c) for c in COVERAGE_COLUMNS}
+        values.update(run=run, environment_id=environment_id, expanded=int(bool(row.get("expanded"))),
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        if values["message"] is not None:
+            values["message"] = one_line(values["message"], 1000)
+        self._write(f"INSERT OR REPLACE INTO coverage ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                    values.values())
+
     # ----------------------------------------------------------------- reads
+
+    def coverage_runs(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT run FROM coverage GROUP BY run ORDER BY MIN(id)")]
+
+    def coverage(self, run: str) -> list[dict[str, Any]]:
+        """Rows of a coverage run, ordered by test then backend (empty for an unknown run)."""
+        return [dict(r) for r in self._db.execute("SELECT * FROM coverage WHERE run=? ORDER BY test, backend", (run,))]
+
+    def coverage_done(self, run: str, backend: str) -> set[str]:
+        """Node tests already recorded for ``backend`` in ``run``."""
+        return {r[0] for r in self._db.execute("SELECT test FROM coverage WHERE run=? AND backend=?", (run, backend))}
 
     def experiments(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT name FROM experiments ORDER BY created, name")]

@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds (default: 1.0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="artifact directory (default: out/MODEL-BACKEND-...)")
+    tuning = parser.add_argument_group("TVM tuning (MetaSchedule, AutoTVM's successor)")
+    tuning.add_argument("--tune-trials", type=int, default=None, help="measured trials for this model")
+    tuning.add_argument("--tune-minutes", type=float, default=None, help="time budget; stops cleanly with the best so far")
+    tuning.add_argument("--tuning-db", default=None, help="database directory to use/export (default: one per target)")
     parser.add_argument("--compile-only", action="store_true",
                         help="write the artifact (with inputs and reference) without running it, e.g. --target cuda here")
     parser.add_argument("--json", action="store_true", help="print the result JSON instead of the summary")
@@ -78,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         return list_backends()
     if not args.backend or not args.model:
         raise BadInputError("--backend and --model are required (see --help)")
+    backend_options = _key_values(args.option, "--option")
+    for flag, key in (("tune_trials", "tune_trials"), ("tune_minutes", "tune_minutes"), ("tuning_db", "tuning_db")):
+        if getattr(args, flag) is not None:
+            if args.backend != "tvm":
+                raise BadInputError(f"--{flag.replace('_', '-')} applies to --backend tvm only")
+            backend_options[key] = getattr(args, flag)
     from models.__main__ import parse_params
     from runner.pipeline import JobConfig, format_summary, run_job
     from runner.timing import TimingConfig
@@ -85,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     config = JobConfig(
         backend=args.backend, model=args.model, preset=args.preset, params=parse_params(args.param),
         target=args.target, precision=args.precision, batch=args.batch, threads=args.threads, out_dir=args.out,
-        backend_options=_key_values(args.option, "--option"), tolerances=args.tolerance or [],
+        backend_options=backend_options, tolerances=args.tolerance or [],
         timing=TimingConfig(warmup_iters=args.warmup, min_iters=args.min_iters, min_seconds=args.min_seconds),
         seed=args.seed, compile_only=args.compile_only,
     )

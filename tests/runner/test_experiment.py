@@ -111,6 +111,20 @@ def test_report_from_a_real_small_experiment(tmp_path):
         env = store.environment(rows[0]["environment_id"])
     assert env["peak_gflops"] > 0 and env["packages"]["apache-tvm"].startswith("0.27") and env["cpu"]["flags"]
 
+    # GPU results measured on an H200 (committed), imported beside the CPU rows, are reported side by side.
+    gpu_json = ROOT / "benchmarks" / "results" / "gpu-h200.json"
+    imported = run_script("scripts/import_results.py", str(gpu_json), "--db", str(config.db), "--experiment", "rep")
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    both = run_script("scripts/report.py", "rep", "--db", str(config.db), "--out", str(tmp_path / "both"))
+    assert both.returncode == 0, both.stderr[-2000:]
+    text = (tmp_path / "both" / "report.md").read_text()
+    assert "| mlp | tvm | cuda |" in text and "| mlp | tvm | cpu |" in text and "NVIDIA H200" in text
+    from runner.report import speedups
+
+    with ResultsStore(config.db) as store:
+        models, backends, _ = speedups([r for r in store.results("rep") if r["median_ms"]], "onnxruntime")
+    assert {"tvm", "tvm@cuda", "onnxruntime"} <= set(backends)
+
 
 def test_bad_databases_are_refused_and_left_intact(tmp_path):
     not_db = tmp_path / "notes.sqlite"

@@ -1,0 +1,108 @@
+"""MetaSchedule tuning: records, reuse across processes, refusal of foreign or corrupt databases, time budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compilers.tvm_adapter import cpu_target
+from compilers.tvm_tuning import META_FILE, TuningConfig, default_db_dir, target_identity, validate_database
+from dlcbench.errors import BadInputError, ExitCode
+from tests.conftest import assert_one_line_error, run_script
+
+# replay-trace + a random cost model: real MetaSchedule search, cheap enough for CI.
+CHEAP = ["--option", "tune_strategy=replay-trace", "--option", "tune_cost_model=random"]
+FAST = ["--preset", "tiny", "--batch", "1", "--threads", "1", "--warmup", "1", "--min-iters", "3", "--min-seconds", "0"]
+
+
+def _compile(*args):
+    return run_script("scripts/compile.py", "--backend", "tvm", "--model", "mlp", *FAST, *CHEAP, *args, timeout=1200)
+
+
+@pytest.mark.slow
+def test_tiny_budget_tunes_then_reuses_then_time_budget_stops(tmp_path):
+    db = tmp_path / "db"
+    first = _compile("--tune-trials", "4", "--tuning-db", str(db), "--out", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    tuning = manifest["extra"]["tuning"]
+    assert tuning["new_trials"] >= 4 and not tuning["stopped_by_time"]
+    records = (db / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) >= 4
+    assert "check     PASS" in first.stdout  # the tuned module matches the reference
+    assert (tmp_path / "a" / "tuning_curve.png").stat().st_size > 1000
+    # The trivial softmax gets no trials; the matmuls get all of them.
+    budgets = {t["name"]: t["budget"] for t in tuning["tasks"]}
+    assert budgets["softmax"] == 0 and budgets["fused_matmul_add_relu"] >= 3
+
+    second = _compile("--tune-trials", "4", "--tuning-db", str(db), "--out", str(tmp_path / "b"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((tmp_path / "b" / "manifest.json").read_text())["extra"]["tuning"]
+    assert again["new_trials"] == 0 and "check     PASS" in second.stdout
+
+    third = _compile("--tune-trials", "400", "--tune-minutes", "0.001", "--tuning-db", str(db), "--out", str(tmp_path / "c"))
+    assert third.returncode == 0, third.stderr[-3000:]
+    stopped = json.loads((tmp_path / "c" / "manifest.json").read_text())["extra"]["tuning"]
+    assert stopped["stopped_by_time"] and 0 < stopped["new_trials"] <= 16  # one round, then the clock stops it
+    assert "check     PASS" in third.stdout
+
+
+def _db_for(tmp_path, target):
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / META_FILE).write_text(json.dumps(target_identity(target)))
+    return db
+
+
+def test_database_of_another_target_is_refused(tmp_path):
+    here = cpu_target(1)
+    db = _db_for(tmp_path, {**here, "mcpu": "skylake" if here["mcpu"] != "skylake" else "znver4"})
+    with pytest.raises(BadInputError, match="refusing to apply"):
+        validate_database(db, here, create=False)
+    proc = _compile("--tuning-db", str(db), "--out", str(tmp_path / "a"))
+    assert_one_line_error(proc, ExitCode.BAD_INPUT, "was built for", "mcpu")
+
+
+def test_database_of_another_tvm_version_is_refused(tmp_path):
+    here = cpu_target(1)
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / META_FILE).write_text(json.dumps({**target_identity(here), "tvm_version": "0.26.0"}))
+    with pytest.raises(BadInputError, match="0.26.0"):
+        validate_database(db, here, create=False)
+
+
+def test_corrupt_or_unlabelled_database_is_refused(tmp_path):
+    here = cpu_target(1)
+    db = _db_for(tmp_path, here)
+    (db / "database_workload.json").write_text('["abc", {"x": 1}]\n["def", {"y"')
+    with pytest.raises(BadInputError, match="database_workload.json line 2"):
+        validate_database(db, here, create=False)
+    proc = _compile("--tuning-db", str(db), "--out", str(tmp_path / "a"))
+    assert_one_line_error(proc, ExitCode.BAD_INPUT, "corrupt tuning database")
+    assert not (tmp_path / "a" / "model.so").exists()  # never half-applied
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "database_tuning_record.json").write_text("")
+    with pytest.raises(BadInputError, match="unknown"):
+        validate_database(bare, here, create=False)
+
+
+def test_default_database_is_per_target_and_version():
+    a, b = default_db_dir(cpu_target(1, "znver4")), default_db_dir(cpu_target(2, "znver4"))
+    assert a != b and "znver4" in a.name and "0.27" in a.name
+
+
+def test_tuning_config_validation():
+    with pytest.raises(BadInputError, match="--tune-trials"):
+        TuningConfig()
+    with pytest.raises(BadInputError, match="valid: evolutionary"):
+        TuningConfig(trials=1, strategy="annealing")
+    with pytest.raises(BadInputError, match="valid: xgb"):
+        TuningConfig(trials=1, cost_model="svm")
+
+
+def test_tuning_flags_only_for_tvm():
+    proc = run_script("scripts/compile.py", "--backend", "onnxruntime", "--model", "mlp", "--tune-trials", "3")
+    assert_one_line_error(proc, ExitCode.BAD_INPUT, "tvm only")
