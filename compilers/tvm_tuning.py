@@ -274,6 +274,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
     todo = sum(p.new_trials for p in plans)
     curve = [{"trials": 0, "seconds": 0.0, "estimated_ms": _estimated_ms(database, tasks)}]
     stopped = False
+    failed: dict[str, str] = {}
     if todo:
         require_tuning_deps(config.cost_model)
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
@@ -295,11 +296,17 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
                     if stopped:
                         break
                     n = min(config.round_trials, remaining[i])
-                    ms.tune_tasks(
-                        tasks=[contexts[i]], task_weights=[1.0], work_dir=str(work), max_trials_global=n,
-                        num_trials_per_iter=n, database=database, cost_model=config.cost_model,
-                        builder=builder, runner=runner,
-                    )
+                    try:
+                        ms.tune_tasks(
+                            tasks=[contexts[i]], task_weights=[1.0], work_dir=str(work), max_trials_global=n,
+                            num_trials_per_iter=n, database=database, cost_model=config.cost_model,
+                            builder=builder, runner=runner,
+                        )
+                    except Exception as err:  # a MetaSchedule bug in one task must not cost the others
+                        failed[plans[i].name] = one_line(err, 200)
+                        say(f"tuning: task {plans[i].name} failed and keeps its default schedule: {failed[plans[i].name]}")
+                        del remaining[i]
+                        continue
                     remaining[i] -= n
                     done += n
                     if remaining[i] <= 0:
@@ -314,8 +321,8 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
             shutil.rmtree(work, ignore_errors=True)
     report = TuningReport(
         db=str(db_path), seconds=round(time.perf_counter() - start, 2), new_trials=done, stopped_by_time=stopped,
-        tasks=[{**p.__dict__, "best_ms": (_best_seconds(database, t) or 0) * 1e3 or None}
-               for p, t in zip(plans, tasks)],
+        tasks=[{**p.__dict__, "best_ms": (_best_seconds(database, t) or 0) * 1e3 or None,
+                "failed": failed.get(p.name)} for p, t in zip(plans, tasks)],
         curve=curve,
     )
     return database, report

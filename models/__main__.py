@@ -8,17 +8,17 @@ import json
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 
 
-def parse_params(pairs: list[str]) -> dict[str, str]:
-    """Parses ``key=value`` pairs given with ``--param``."""
+def parse_params(pairs: list[str] | None, flag: str = "--param") -> dict:
+    """Parses ``KEY=VALUE`` pairs (values as JSON where they parse, else strings; ``-`` in keys becomes ``_``)."""
     params = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise BadInputError(f"--param expects key=value, got {pair!r}")
+            raise BadInputError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
-            params[key] = json.loads(value)
+            params[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
-            params[key] = value
+            params[key.replace("-", "_")] = value
     return params
 
 

@@ -17,19 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dlcbench.errors import BadInputError, ExitCode, run_cli  # noqa: E402
 
 
-def _key_values(pairs: list[str] | None, flag: str) -> dict:
-    values = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise BadInputError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            values[key.replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key.replace("-", "_")] = raw
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scripts/compile.py",
@@ -82,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         return list_backends()
     if not args.backend or not args.model:
         raise BadInputError("--backend and --model are required (see --help)")
-    backend_options = _key_values(args.option, "--option")
+    from models.__main__ import parse_params
+
+    backend_options = parse_params(args.option, "--option")
     for flag, key in (("tune_trials", "tune_trials"), ("tune_minutes", "tune_minutes"), ("tuning_db", "tuning_db")):
         if getattr(args, flag) is not None:
             if args.backend != "tvm":
                 raise BadInputError(f"--{flag.replace('_', '-')} applies to --backend tvm only")
             backend_options[key] = getattr(args, flag)
-    from models.__main__ import parse_params
     from runner.pipeline import JobConfig, format_summary, run_job
     from runner.timing import TimingConfig
 
