@@ -560,6 +560,17 @@ def build_bundle(config: BundleConfig, progress: Callable[[str], None] | None = 
         items: list[dict[str, Any]] = []
         skipped: list[dict[str, Any]] = []
         model_bytes: dict[str, int] = {}
+
+        def skip(label: str, category: str, reason: str) -> None:
+            skipped.append({"model": label, "category": category, "reason": one_line(reason, 300)})
+            say(f"skipping {label}: {one_line(reason, 200)}")
+
+        def oversize(label: str, name: str, reason: str) -> None:
+            if not config.skip_oversize:
+                raise BadInputError(f"bundle over its limit: {label}: {reason}; use --skip-oversize, a smaller "
+                                    f"preset ({name}:tiny) or a higher --limit-mb")
+            skip(label, "oversize", reason)
+
         for name, preset in config.model_specs():
             label = f"{name}:{preset}"
             room = limit - stager.size() - len(runner_text)
@@ -568,18 +579,13 @@ def build_bundle(config: BundleConfig, progress: Callable[[str], None] | None = 
             except DlcbenchError as err:
                 if not config.keep_going:
                     raise
-                skipped.append({"model": label, "category": err.category, "reason": one_line(err, 300)})
-                say(f"skipping {label}: {one_line(err, 200)}")
+                skip(label, err.category, str(err))
                 continue
             # xz stores random fp32 weights at >= ~80 %: skip without compiling when even that cannot fit.
             if estimate is not None and 0.8 * estimate > room:
                 reason = (f"its {estimate / MB:.1f} MB of fp32 weights cannot fit in the {max(room, 0) / MB:.1f} MB "
                           f"left under the {limit / MB:.0f} MB limit")
-                if not config.skip_oversize:
-                    raise BadInputError(f"bundle over its limit: {label}: {reason}; use --skip-oversize, a smaller "
-                                        f"preset ({name}:tiny) or a higher --limit-mb")
-                skipped.append({"model": label, "category": "oversize", "reason": reason})
-                say(f"skipping {label}: {reason}")
+                oversize(label, name, reason)
                 continue
             checkpoint, before = stager.checkpoint(), stager.size()
             new_items = []
@@ -593,30 +599,21 @@ def build_bundle(config: BundleConfig, progress: Callable[[str], None] | None = 
                                     threads=config.threads, out_dir=build_root / item_id, backend_options=options,
                                     compile_only=True, seed=config.seed)
                     result = run_job(job)
-                    manifest = result.manifest
-                    if config.target == "cuda":
-                        archs = (manifest.get("extra") or {}).get("device_code_archs") or []
-                        if config.arch not in archs:
-                            raise BadInputError(f"{item_id}: library holds device code for {archs}, not {config.arch}")
-                    record = _stage_item(stager, item_id, job.out_dir, manifest, result)
+                    # TvmAdapter already refuses a CUDA library without device code for the arch.
+                    record = _stage_item(stager, item_id, job.out_dir, result.manifest, result)
                     new_items.append({"id": item_id, "model": name, "preset": preset, "batch": batch, **record})
             except DlcbenchError as err:
                 stager.rollback(checkpoint)
                 if not config.keep_going:
                     raise
-                skipped.append({"model": label, "category": err.category, "reason": one_line(err, 300)})
-                say(f"skipping {label}: {one_line(err, 200)}")
+                skip(label, err.category, str(err))
                 continue
             added = stager.size() - before
             if stager.size() + len(runner_text) > limit:
                 stager.rollback(checkpoint)
                 reason = (f"would make the bundle {(before + added + len(runner_text)) / MB:.2f} MB, over the "
                           f"{limit / MB:.2f} MB limit (it takes {added / MB:.2f} MB)")
-                if not config.skip_oversize:
-                    raise BadInputError(f"bundle over its limit: {label} {reason}; use --skip-oversize, a smaller "
-                                        f"preset ({name}:tiny) or a higher --limit-mb")
-                skipped.append({"model": label, "category": "oversize", "reason": reason})
-                say(f"skipping {label}: {reason}")
+                oversize(label, name, reason)
                 continue
             items.extend(new_items)
             model_bytes[label] = added
