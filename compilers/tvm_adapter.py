@@ -47,6 +47,10 @@ class TvmOptions(CompileOptions):
             Given without a budget, its records are applied without tuning.
         tune_strategy: MetaSchedule search strategy (``evolutionary``, ``replay-trace``, ``replay-func``).
         tune_cost_model: ``xgb``, ``mlp`` or ``random``.
+        fast_math: On the cpu target, erf, exp, tanh and softmax use TOPI's vectorisable polynomial
+            approximations (``relax.transform.FastMathTransform``), as ONNX Runtime's MLAS kernels do;
+            outputs are still checked against the reference. Exact libm ``erff`` made BERT's GELU a fifth
+            of its tuned latency.
     """
 
     mcpu: str | None = None
@@ -57,6 +61,7 @@ class TvmOptions(CompileOptions):
     tuning_db: str | None = None
     tune_strategy: str = "evolutionary"
     tune_cost_model: str = "xgb"
+    fast_math: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -93,8 +98,12 @@ def unsupported_ops(onnx_model) -> list[str]:
     return sorted({node.op_type for node in onnx_model.graph.node if node.op_type not in known})
 
 
+SMALL_PARAM_ELEMENTS = 16
+
+
 def import_onnx(onnx_model, input_shapes: dict[str, list[int]], separate_params: bool):
     """Imports an ONNX model into Relax; returns ``(IRModule, list of numpy params)``."""
+    import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -108,7 +117,16 @@ def import_onnx(onnx_model, input_shapes: dict[str, list[int]], separate_params:
     params: list[np.ndarray] = []
     if separate_params:
         mod, detached = relax.frontend.detach_params(mod)
-        params = [p.numpy() for p in detached.get("main", [])]
+        weights = [p.numpy() for p in detached.get("main", [])]
+        main = mod["main"]
+        param_vars = list(main.params)[int(main.attrs["num_input"]):]
+        # Small ones (Clip bounds, shapes) stay constants: folded, ONNX Clip's NaN guards disappear
+        # instead of being fused into every convolution, where MetaSchedule cannot schedule them
+        # (a reverse-compute-at ScheduleError on each depthwise conv + ReLU6).
+        small = {var: tvm.runtime.tensor(w) for var, w in zip(param_vars, weights) if w.size <= SMALL_PARAM_ELEMENTS}
+        if small:
+            mod = relax.transform.BindParams("main", small)(mod)
+        params = [w for w in weights if w.size > SMALL_PARAM_ELEMENTS]
     return mod, params
 
 
@@ -117,6 +135,14 @@ def _to_numpy(value) -> np.ndarray:
     if hasattr(value, "numpy"):
         return value.numpy()
     return np.asarray([int(v) for v in value], dtype=np.int64)
+
+
+def _has_function(vm, name: str) -> bool:
+    try:
+        vm[name]
+        return True
+    except Exception:
+        return False
 
 
 class TvmSession(Session):
@@ -133,6 +159,9 @@ class TvmSession(Session):
         self._device = device
         self._vm = relax.VirtualMachine(lib, device)
         self._params = [tvm.runtime.tensor(p, device) for p in params]
+        if self._params and _has_function(self._vm, "main_transform_params"):
+            # Tuned CPU builds prepack weights into the layouts MetaSchedule chose; once, like ORT at load.
+            self._params = list(self._vm["main_transform_params"](self._params))
         self._input_names = [i["name"] for i in manifest.inputs]
         self._staged: list | None = None
 
@@ -172,6 +201,40 @@ class TvmSession(Session):
     def native_time(self, inputs, repeat, number=1):
         evaluator = self._vm.time_evaluator("main", self._device, number=number, repeat=repeat)
         return [float(x) for x in evaluator(*self._args(inputs), *self._params).results]
+
+    def profile(self, inputs, repeat: int = 5) -> list[dict[str, Any]]:
+        """Where one inference spends its time: wall time per called function, largest first.
+
+        Every VM call is timed through ``set_instrument`` (a Python hook, a few microseconds each,
+        so shares of many tiny calls are overstated). Returns dicts with ``name``, ``calls`` per
+        inference, ``ms`` per inference and ``share`` of the instrumented total.
+        """
+        import time
+
+        args = self._args(inputs) + self._params
+        self._vm["main"](*args)
+        spent: dict[str, list[float]] = {}
+        started: dict[str, int] = {}
+
+        def hook(_func, symbol, before_run, _ret, *_args):
+            if before_run:
+                started[symbol] = time.perf_counter_ns()
+            else:
+                entry = spent.setdefault(symbol, [0.0, 0])
+                entry[0] += (time.perf_counter_ns() - started[symbol]) / 1e6
+                entry[1] += 1
+            return 0
+
+        self._vm.set_instrument(hook)
+        try:
+            for _ in range(repeat):
+                self._vm["main"](*args)
+        finally:
+            self._vm.set_instrument(lambda *_: 0)
+        total = sum(ms for ms, _ in spent.values()) or 1.0
+        rows = [{"name": name, "calls": calls // repeat, "ms": ms / repeat, "share": ms / total}
+                for name, (ms, calls) in spent.items()]
+        return sorted(rows, key=lambda r: -r["ms"])
 
     def close(self):
         self._vm = None
@@ -246,6 +309,10 @@ class TvmAdapter(Adapter):
 
         target_dict = cpu_target(options.threads, options.mcpu)
         target = tvm.target.Target(target_dict)
+        if options.fast_math:
+            from tvm import relax
+
+            mod = relax.transform.FastMathTransform()(mod)
         if not options.tuning:
             return tvm.compile(mod, target=target), target_dict, {}
         from compilers import tvm_tuning

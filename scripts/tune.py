@@ -50,10 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"database  {tuning['db']}")
     print(f"tuning    {tuning['new_trials']} new trials in {tuning['seconds']:.1f} s"
           f"{' (stopped by the time budget)' if tuning['stopped_by_time'] else ''}")
-    print(f"{'task':<40} {'FLOP share':>10} {'had':>5} {'budget':>6} {'best ms':>9}")
-    for task in sorted(tuning["tasks"], key=lambda t: -t["share"]):
+    print(f"{'task':<40} {'calls':>5} {'FLOP share':>10} {'had':>5} {'new':>5} {'best ms':>9}")
+    for task in sorted(tuning["tasks"], key=lambda t: -t["new_trials"]):
         best = f"{task['best_ms']:.4f}" if task["best_ms"] else "-"
-        print(f"{task['name'][:40]:<40} {task['share'] * 100:>9.1f}% {task['existing']:>5} {task['budget']:>6} {best:>9}")
+        note = f"  failed: {task['failed'][:60]}" if task.get("failed") else ""
+        print(f"{task['name'][:40]:<40} {task['weight']:>5} {task['share'] * 100:>9.1f}% {task['existing']:>5} "
+              f"{task['new_trials']:>5} {best:>9}{note}")
     print(f"curve     {job.out_dir / 'tuning_curve.png'}")
     return ExitCode.OK
 
