@@ -69,6 +69,8 @@ class TvmOptions(CompileOptions):
             raise BadInputError(f"unknown CUDA arch {self.arch!r}; valid: {', '.join(CUDA_ARCHS)}")
         if self.tune_trials < 0 or self.tune_minutes < 0:
             raise BadInputError("tune_trials and tune_minutes must be non-negative")
+        if not isinstance(self.fast_math, bool):
+            raise BadInputError(f"fast_math must be true or false, got {self.fast_math!r}")
         if self.target == "cuda" and self.tuning:
             raise BadInputError("MetaSchedule tuning is supported for the cpu target only (cuda uses dlight schedules)")
 

@@ -64,5 +64,9 @@ def test_profile_attributes_time_to_the_model_functions(tiny_export, tmp_path):
     assert rows == sorted(rows, key=lambda r: -r["ms"])
 
 
-def test_options_are_a_compile_options_dataclass():
+def test_fast_math_option_is_validated():
     assert issubclass(TvmOptions, CompileOptions) and TvmOptions().fast_math
+    from dlcbench.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="fast_math must be true or false"):
+        TvmOptions(fast_math="yes")

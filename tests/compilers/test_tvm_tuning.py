@@ -107,3 +107,15 @@ def test_tuning_config_validation():
 def test_tuning_flags_only_for_tvm():
     proc = run_script("scripts/compile.py", "--backend", "onnxruntime", "--model", "mlp", "--tune-trials", "3")
     assert_one_line_error(proc, ExitCode.BAD_INPUT, "tvm only")
+
+
+@pytest.mark.slow
+def test_tune_script_prints_the_per_task_table(tmp_path):
+    proc = run_script("scripts/tune.py", "--model", "mlp", "--preset", "tiny", "--threads", "1", "--trials", "4",
+                      "--strategy", "replay-trace", "--cost-model", "random", "--tuning-db", str(tmp_path / "db"),
+                      "--out", str(tmp_path / "out"), timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 new trials" in proc.stdout
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("fused_matmul")]
+    assert rows and rows[0][4] == "4"  # the heaviest task got the batch: calls, share, had, new
+    assert (tmp_path / "out" / "tuning_curve.png").exists()
