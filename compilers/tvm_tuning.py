@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -170,22 +169,17 @@ def prepare_module(mod, target):
     :func:`apply_database` then lifts into a ``main_transform_params`` function run once at load.
     Small parameters are constants already (see ``import_onnx``), so ONNX Clip's NaN guards fold away.
     """
+    import tvm
     from tvm import relax
 
     with target:
-        return tvm_sequential([
+        return tvm.transform.Sequential([
             relax.transform.FoldConstant(),
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.get_pipeline("zero"),
             relax.transform.AttachAttrLayoutFreeBuffers(),
         ])(mod)
-
-
-def tvm_sequential(passes):
-    import tvm
-
-    return tvm.transform.Sequential(passes)
 
 
 def _task_flops(task) -> float:
@@ -202,10 +196,10 @@ def _records(database, task) -> list:
     return [r for r in database.get_top_k(workload, 100_000) if r.run_secs]
 
 
-def _record_count(database, task) -> int:
-    """All records of the task's workload, failed candidates included: each was a trial spent."""
+def _record_count(database, task, all_records) -> int:
+    """Records of the task's workload, failed candidates included: each was a trial spent."""
     workload = database.commit_workload(task.dispatched[0])
-    return sum(1 for r in database.get_all_tuning_records() if r.workload.same_as(workload))
+    return sum(1 for r in all_records if r.workload.same_as(workload))
 
 
 def _best_seconds(database, task) -> float | None:
@@ -233,10 +227,11 @@ def plan_tasks(tasks, database) -> list[TaskPlan]:
     """Describes each task (FLOP share, calls per inference, records already in the database)."""
     flops = [_task_flops(t) for t in tasks]
     total = sum(flops) or 1.0
+    all_records = database.get_all_tuning_records()
     plans = []
     for task, f in zip(tasks, flops):
         best = _best_seconds(database, task)
-        plans.append(TaskPlan(task.task_name, int(task.weight), f, f / total, _record_count(database, task),
+        plans.append(TaskPlan(task.task_name, int(task.weight), f, f / total, _record_count(database, task, all_records),
                               best_ms=best * 1e3 if best is not None else None))
     return plans
 
@@ -343,13 +338,13 @@ class _Tuner:
         self.stopped_by_time = False
 
     def best(self, i: int) -> float | None:
-        known = [b for b in (self.plans[self.index[i]].best_ms,) if b is not None] + self.history[i][-1:]
-        return min(known) if known else None
+        """Best latency (ms) so far: the database's at the start, then lowered by each batch."""
+        return self.plans[self.index[i]].best_ms
 
     def record(self, i: int, latencies_ms: list[float]) -> None:
         plan = self.plans[self.index[i]]
         self.spent[i] += 1
-        best = min([b for b in (self.best(i),) if b is not None] + latencies_ms, default=None)
+        best = min([plan.best_ms] * (plan.best_ms is not None) + latencies_ms, default=None)
         if best is not None:
             self.history[i].append(best)
             plan.best_ms = best
@@ -585,12 +580,13 @@ def _tune_contexts(tasks, work: Path, config: TuningConfig, cores: int, target_d
 def apply_database(mod, target, database):
     """Applies the best records (``MetaScheduleApplyDatabase`` inside ``with target, database``), then
     splits the weight-layout rewrites into ``main_transform_params`` (run once at load, like a prepack)."""
+    import tvm
     from tvm import relax
 
     with target, database:
         mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     with target:
-        return tvm_sequential([
+        return tvm.transform.Sequential([
             relax.transform.SplitLayoutRewritePreproc(),
             relax.transform.LiftTransformParams(),
             relax.transform.FoldConstant(),
