@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default=None, help="experiment name in --db")
     parser.add_argument("--out", type=Path, default=None, help="write the table here (default: print)")
     args = parser.parse_args(argv)
-    from runner.gpu_bundle import load_results, render_table, results_from_store
+    from dlcbench.stage.bundle import load_results, render_table, results_from_store
 
     if args.results is not None:
         data = load_results(args.results)

@@ -28,8 +28,8 @@ BASELINES = ("onnxruntime", "tensorflow", "xla")
 
 
 def _job(backend, model, args, out, quick=False, **options):
-    from runner.pipeline import JobConfig
-    from runner.timing import TimingConfig
+    from dlcbench.measure.job import JobConfig
+    from dlcbench.measure.timing import TimingConfig
 
     # Untuned TVM runs seconds per inference on the big models: a few timed runs say enough there.
     timing = (TimingConfig(warmup_iters=1, warmup_seconds=0, min_iters=3, min_seconds=0) if quick else
@@ -39,7 +39,7 @@ def _job(backend, model, args, out, quick=False, **options):
 
 
 def run_model(model: str, args) -> dict:
-    from runner.pipeline import run_job
+    from dlcbench.measure.job import run_job
 
     work = Path(args.work) / model
     row: dict = {"model": model}
@@ -72,8 +72,8 @@ def run_model(model: str, args) -> dict:
 
 def profile_tuned(job) -> list[dict]:
     """Per-function time of the tuned module in one inference (the VM's instrument hook)."""
-    from compilers.registry import get_adapter
-    from runner.pipeline import export_for
+    from dlcbench.compilers.registry import get_adapter
+    from dlcbench.measure.job import export_for
 
     adapter = get_adapter("tvm")
     inputs = export_for(adapter, job).inputs()
@@ -138,7 +138,7 @@ def main() -> int:
     parser.add_argument("--work", default=str(ROOT / "out" / "bench-tvm"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tvm_vs_onnxruntime.md")
     args = parser.parse_args()
-    from runner.env import environment
+    from dlcbench.results.env import environment
 
     start = time.perf_counter()
     env = environment(args.threads, peak=False)

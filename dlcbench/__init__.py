@@ -3,4 +3,8 @@
 Importing this package imports no TensorFlow, TVM or TensorRT.
 """
 
-__version__ = "0.1.0"
+from dlcbench import compat as _compat
+
+__version__ = "0.2.0"
+
+_compat.install()

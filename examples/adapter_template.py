@@ -8,12 +8,12 @@ keep the shape of each method, and keep library imports inside methods:
 
 Register it in one of three ways:
 
-* in-tree: a line in ``compilers/registry.py``'s ``_BUILTIN``;
+* in-tree: a line in ``dlcbench/compilers/registry.py``'s ``_BUILTIN``;
 * a package of your own: ``[project.entry-points."dlcbench.backends"] mybackend = "mypkg.adapter:MyBackendAdapter"``
   (see ``examples/dlcbench-example-backend``);
 * for one process tree: ``DLCBENCH_BACKENDS="mybackend=adapter_template:MyBackendAdapter"``.
 
-Then: ``python -m pytest --pyargs compilers.testing -k mybackend``.
+Then: ``python -m pytest --pyargs dlcbench.compilers.testing -k mybackend``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from compilers.base import Adapter, CompileOptions, Manifest, Session, package_version
+from dlcbench.compilers.base import Adapter, CompileOptions, Manifest, Session, package_version
 from dlcbench.errors import BackendRuntimeError, BadInputError, UnsupportedOpError, one_line
 
 @dataclass

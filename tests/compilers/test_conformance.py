@@ -1,18 +1,18 @@
-"""The reusable adapter conformance suite (``compilers.testing``) over every registered adapter, plus in-tree specifics.
+"""The reusable adapter conformance suite (``dlcbench.compilers.testing``) over every registered adapter, plus in-tree specifics.
 
-``from compilers.testing import *`` brings in the suite's tests and fixture: the interface contract, tiny zoo
+``from dlcbench.compilers.testing import *`` brings in the suite's tests and fixture: the interface contract, tiny zoo
 models compiled and matched against the reference, artifact reload in a fresh process, unsupported precision
 and target errors, and ``available()`` with the backend's library hidden. Third-party packages run the same
-suite with ``python -m pytest --pyargs compilers.testing -k NAME``.
+suite with ``python -m pytest --pyargs dlcbench.compilers.testing -k NAME``.
 """
 
 from __future__ import annotations
 
 import json
 
-from compilers.testing import *  # noqa: F401,F403  (the suite: collected here for every registered backend)
-from compilers.testing import conformance_compiled  # noqa: F401  (fixture used below)
-from tests.conftest import run_script
+from dlcbench.compilers.testing import *  # noqa: F401,F403  (the suite: collected here for every registered backend)
+from dlcbench.compilers.testing import conformance_compiled  # noqa: F401  (fixture used below)
+from dlcbench_test_support import run_script
 
 
 def test_manifest_is_self_describing(conformance_compiled):  # noqa: F811
@@ -29,7 +29,7 @@ def test_manifest_is_self_describing(conformance_compiled):  # noqa: F811
 
 def test_importing_compilers_imports_no_backend_library():
     code = (
-        "import sys, compilers; from compilers.registry import describe_backends, get_adapter_class;"
+        "import sys, compilers; from dlcbench.compilers.registry import describe_backends, get_adapter_class;"
         "[get_adapter_class(n) for n in ('tvm', 'onnxruntime', 'tensorflow', 'xla', 'openvino', 'torch', 'inductor')];"
         "print([m for m in ('tensorflow', 'tvm', 'tensorrt', 'onnxruntime', 'openvino', 'torch', 'onnx2torch')"
         " if m in sys.modules])"

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import ROOT, run_script
+from dlcbench_test_support import ROOT, run_script
 
 EXAMPLE = ROOT / "examples" / "dlcbench-example-backend"
 FAST = ["--preset", "tiny", "--batch", "2", "--threads", "1", "--warmup", "1", "--min-iters", "3", "--min-seconds", "0"]
@@ -37,7 +37,7 @@ def test_example_plugin_is_listed_only_when_installed(plugin_site):
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
     assert "onnxref" in lines and "unavailable" not in lines["onnxref"]
     assert "[entry point (dlcbench-example-backend)]" in lines["onnxref"]
-    code = "from compilers.registry import backend_names; print(' '.join(backend_names()))"
+    code = "from dlcbench.compilers.registry import backend_names; print(' '.join(backend_names()))"
     assert "onnxref" in run_script("-c", code, env=_env(plugin_site)).stdout.split()
     assert "onnxref" not in run_script("-c", code).stdout.split()  # not installed: not registered
 
@@ -56,13 +56,13 @@ def test_example_plugin_compiles_checks_and_times(plugin_site):
 
 
 def test_conformance_suite_runs_for_the_plugin_and_the_template_in_one_pytest(plugin_site):
-    """What a third party runs: its package's tests (``from compilers.testing import *``), and --pyargs."""
+    """What a third party runs: its package's tests (``from dlcbench.compilers.testing import *``), and --pyargs."""
     tests = plugin_site / "src" / "tests"
     proc = run_script("-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider", env=_env(plugin_site), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "10 passed" in proc.stdout, proc.stdout[-2000:]
     template = run_script(
-        "-m", "pytest", "--pyargs", "compilers.testing", "-q", "-p", "no:cacheprovider", "-k", "mybackend",
+        "-m", "pytest", "--pyargs", "dlcbench.compilers.testing", "-q", "-p", "no:cacheprovider", "-k", "mybackend",
         env={**_env(plugin_site, str(ROOT / "examples")),
              "DLCBENCH_BACKENDS": "mybackend=adapter_template:MyBackendAdapter"},
         timeout=900,

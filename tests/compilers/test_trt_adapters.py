@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from compilers.registry import availability, describe_backends, get_adapter
+from dlcbench.compilers.registry import availability, describe_backends, get_adapter
 from dlcbench.errors import BackendUnavailableError, BadInputError, UnsupportedOpError
-from tests.conftest import run_script
+from dlcbench_test_support import run_script
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -23,7 +23,7 @@ def _tf_version() -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def mlp():
-    from models.export import ExportConfig, export_model
+    from dlcbench.models.export import ExportConfig, export_model
 
     return export_model(ExportConfig("mlp", preset="tiny", batch=2))
 
@@ -119,8 +119,8 @@ def test_compile_without_the_backend_raises_unavailable_and_writes_nothing(mlp, 
 
 def test_modules_import_no_backend_library():
     code = (
-        "import sys; import compilers.trt_adapter, compilers.tftrt_adapter;"
-        "from compilers.registry import get_adapter; get_adapter('trt').make_options(); get_adapter('tftrt');"
+        "import sys; import dlcbench.compilers.trt_adapter, dlcbench.compilers.tftrt_adapter;"
+        "from dlcbench.compilers.registry import get_adapter; get_adapter('trt').make_options(); get_adapter('tftrt');"
         "print([m for m in ('tensorrt', 'cuda', 'tensorflow', 'keras') if m in sys.modules])"
     )
     proc = run_script("-c", code)
@@ -128,7 +128,7 @@ def test_modules_import_no_backend_library():
 
 
 def test_fit_batch_cycles_rows():
-    from compilers.trt_adapter import fit_batch
+    from dlcbench.compilers.trt_adapter import fit_batch
 
     x = np.arange(6).reshape(3, 2)
     assert fit_batch({"x": x}, 4, offset=2)["x"].tolist() == [[4, 5], [0, 1], [2, 3], [4, 5]]
@@ -141,7 +141,7 @@ def _parser_error(code: str, desc: str, node: int = -1, operator: str = ""):
 
 
 def test_parser_errors_naming_an_operator_become_unsupported_op(mlp):
-    from compilers.trt_adapter import _parser_failure
+    from dlcbench.compilers.trt_adapter import _parser_failure
 
     errors = [
         _parser_error("UNSUPPORTED_NODE", "No importer registered for op: FancyOp", 3, "FancyOp"),
@@ -171,7 +171,7 @@ def test_profile_shapes_cover_the_dynamic_batch_and_reject_a_wrong_static_batch(
 
 
 def test_tftrt_maps_keras_output_keys_by_position():
-    from compilers.tftrt_adapter import _name_map
+    from dlcbench.compilers.tftrt_adapter import _name_map
 
     assert _name_map(["a", "b"], ["a", "b", "c"], "inputs") == {"a": "a", "b": "b"}
     keys = ["output_10", "output_2", "output_0"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from compilers.base import CompileOptions
-from compilers.registry import get_adapter
-from compilers.tvm_adapter import SMALL_PARAM_ELEMENTS, TvmOptions, cpu_target, import_onnx
+from dlcbench.compilers.base import CompileOptions
+from dlcbench.compilers.registry import get_adapter
+from dlcbench.compilers.tvm.adapter import SMALL_PARAM_ELEMENTS, TvmOptions, cpu_target, import_onnx
 
 
 def _imported(export):
@@ -20,7 +20,7 @@ def test_small_params_are_constants_so_clip_guards_fold_and_every_task_is_schedu
     import tvm
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
 
-    from compilers.tvm_tuning import _load_cpu_intrinsics, prepare_module
+    from dlcbench.compilers.tvm.tuning import _load_cpu_intrinsics, prepare_module
 
     mod, params = _imported(tiny_export("mobilenetv2", batch=1, fold=True))
     assert params and all(p.size > SMALL_PARAM_ELEMENTS for p in params)
@@ -43,7 +43,7 @@ def test_fast_math_replaces_libm_erf_and_still_matches_the_reference(tiny_export
     adapter.compile(export, options, tmp_path)
     with adapter.load(tmp_path) as session:
         outputs = session.run(export.inputs())
-    from runner.check import check_outputs
+    from dlcbench.measure.check import check_outputs
 
     report = check_outputs(outputs, export.reference())
     assert report.passed, report.summary()

@@ -1,7 +1,7 @@
 """TVM CUDA cross-compilation (no GPU needed) embeds real SASS for the requested arch, not CUDA source.
 
 The TVM compiles run in one subprocess so the stub ``libcuda.so.1`` that
-``compilers.tvm_cuda`` may load never enters the pytest process.
+``dlcbench.compilers.tvm.cuda`` may load never enters the pytest process.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from compilers.tvm_cuda import device_code_archs, find_nvcc
-from tests.conftest import run_script
+from dlcbench.compilers.tvm.cuda import device_code_archs, find_nvcc
+from dlcbench_test_support import run_script
 
 NVCC = find_nvcc()
 pytestmark = pytest.mark.skipif(
@@ -32,7 +32,7 @@ _BUILD = textwrap.dedent(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from dlcbench.errors import BackendUnavailableError
-    from compilers import tvm_cuda
+    from dlcbench.compilers.tvm import cuda as tvm_cuda
 
     out = sys.argv[1]
     rng = np.random.default_rng(0)
@@ -103,7 +103,7 @@ def test_source_only_fallback_library_has_no_device_code(built):
 
 
 def test_importing_tvm_cuda_does_not_import_tvm():
-    proc = run_script("-c", "import sys, compilers.tvm_cuda; assert 'tvm' not in sys.modules, 'tvm imported'")
+    proc = run_script("-c", "import sys, dlcbench.compilers.tvm.cuda; assert 'tvm' not in sys.modules, 'tvm imported'")
     assert proc.returncode == 0, proc.stderr
 
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from compilers.tvm_adapter import cpu_target
-from compilers.tvm_tuning import META_FILE, TuningConfig, default_db_dir, target_identity, validate_database
+from dlcbench.compilers.tvm.adapter import cpu_target
+from dlcbench.compilers.tvm.tuning import META_FILE, TuningConfig, default_db_dir, target_identity, validate_database
 from dlcbench.errors import BadInputError, ExitCode
-from tests.conftest import assert_one_line_error, run_script
+from dlcbench_test_support import assert_one_line_error, run_script
 
 # replay-trace + a random cost model: real MetaSchedule search, cheap enough for CI.
 CHEAP = ["--option", "tune_strategy=replay-trace", "--option", "tune_cost_model=random"]

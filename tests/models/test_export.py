@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from dlcbench.errors import BadInputError, ExitCode
-from models.export import ExportConfig, export_model, onnx_input_specs, run_onnxruntime
-from tests.conftest import HEAVY_TINY_MODELS, TINY_MODELS, assert_one_line_error, run_script
+from dlcbench.models.export import ExportConfig, export_model, onnx_input_specs, run_onnxruntime
+from dlcbench_test_support import HEAVY_TINY_MODELS, TINY_MODELS, assert_one_line_error, run_script
 
 
 @pytest.mark.parametrize("name", TINY_MODELS + HEAVY_TINY_MODELS)
@@ -67,7 +67,7 @@ def test_summary_counts_flops_of_mlp(tiny_export):
 def test_cache_hit_imports_no_tensorflow_and_misses_on_any_change(tiny_export, export_cache):
     first = tiny_export("mlp", batch=4)
     code = (
-        "import sys; from models.export import ExportConfig, export_model;"
+        "import sys; from dlcbench.models.export import ExportConfig, export_model;"
         "e = export_model(ExportConfig('mlp', preset='tiny', batch=4));"
         "print(e.cache_hit, 'tensorflow' in sys.modules, e.directory)"
     )
@@ -174,8 +174,8 @@ def test_cli_export_prints_summary():
 
 def test_importing_packages_pulls_in_no_framework():
     code = (
-        "import sys, dlcbench, models, models.zoo, models.export;"
-        "models.zoo.get_model('bert').resolve_params('tiny');"
+        "import sys, dlcbench, models, dlcbench.models.zoo, dlcbench.models.export;"
+        "dlcbench.models.zoo.get_model('bert').resolve_params('tiny');"
         "bad = [m for m in ('tensorflow', 'tvm', 'tensorrt', 'keras') if m in sys.modules];"
         "print(bad)"
     )

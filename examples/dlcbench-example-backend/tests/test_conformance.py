@@ -4,4 +4,4 @@ import os
 
 os.environ.setdefault("DLCBENCH_CONFORMANCE_BACKENDS", "onnxref")
 
-from compilers.testing import *  # noqa: E402,F401,F403
+from dlcbench.compilers.testing import *  # noqa: E402,F401,F403

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compilers.base import Adapter, CompileOptions, Manifest, Session, package_version
+from dlcbench.compilers.base import Adapter, CompileOptions, Manifest, Session, package_version
 from dlcbench.errors import BackendRuntimeError, BadInputError, UnsupportedOpError, one_line
 
 

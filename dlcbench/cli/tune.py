@@ -1,0 +1,63 @@
+"""Tune a model's TVM tasks with MetaSchedule into the persistent tuning database (no check, no timing).
+
+Where AutoTVM used to be: MetaSchedule is its successor in TVM 0.27. The database is shared by every model
+compiled for the same target and TVM version; `scripts/compile.py --backend tvm --tune-trials N` then reuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+from dlcbench.errors import BadInputError, ExitCode, run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dlcbench tune", description=__doc__, epilog=ExitCode.help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="zoo name or model file")
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="num-cores of the target (default: all)")
+    parser.add_argument("--trials", type=int, default=0, help="measured trials for this model")
+    parser.add_argument("--minutes", type=float, default=0.0, help="time budget")
+    parser.add_argument("--tuning-db", default=None, help="database directory (default: one per target)")
+    parser.add_argument("--strategy", default="evolutionary", help="evolutionary, replay-trace or replay-func")
+    parser.add_argument("--cost-model", default="xgb", help="xgb, mlp or random")
+    parser.add_argument("--out", type=Path, default=None, help="artifact directory (default: out/tune-MODEL-bN)")
+    args = parser.parse_args(argv)
+    if not args.trials and not args.minutes:
+        raise BadInputError("give --trials and/or --minutes")
+    import os
+
+    from dlcbench.measure.job import JobConfig, run_job
+
+    options = {"tune_trials": args.trials, "tune_minutes": args.minutes, "tune_strategy": args.strategy,
+               "tune_cost_model": args.cost_model}
+    if args.tuning_db:
+        options["tuning_db"] = args.tuning_db
+    job = JobConfig(backend="tvm", model=args.model, preset=args.preset, batch=args.batch,
+                    threads=args.threads or os.cpu_count() or 1, backend_options=options, compile_only=True,
+                    out_dir=args.out or Path("out") / f"tune-{Path(args.model).stem}-b{args.batch}")
+    result = run_job(job, progress=lambda msg: print(f"... {msg}", file=sys.stderr))
+    tuning = result.manifest["extra"]["tuning"]
+    print(f"database  {tuning['db']}")
+    print(f"tuning    {tuning['new_trials']} new trials in {tuning['seconds']:.1f} s"
+          f"{' (stopped by the time budget)' if tuning['stopped_by_time'] else ''}")
+    print(f"{'task':<40} {'calls':>5} {'FLOP share':>10} {'had':>5} {'new':>5} {'best ms':>9}")
+    for task in sorted(tuning["tasks"], key=lambda t: -t["new_trials"]):
+        best = f"{task['best_ms']:.4f}" if task["best_ms"] else "-"
+        note = f"  failed: {task['failed'][:60]}" if task.get("failed") else ""
+        print(f"{task['name'][:40]:<40} {task['weight']:>5} {task['share'] * 100:>9.1f}% {task['existing']:>5} "
+              f"{task['new_trials']:>5} {best:>9}{note}")
+    print(f"curve     {job.out_dir / 'tuning_curve.png'}")
+    return ExitCode.OK
+
+
+def cli() -> None:
+    """Console entry point: :func:`main` with dlcbench's one-line errors and exit codes."""
+    run_cli(main)

@@ -1,0 +1,335 @@
+"""The adapter interface every backend implements.
+
+An :class:`Adapter` has two roles: :meth:`Adapter.compile` turns a model
+(ONNX, or the Keras model for framework baselines) plus an options object into
+an artifact directory with a :class:`Manifest`; :meth:`Adapter.load` turns an
+artifact directory back into a :class:`Session` that runs named numpy inputs.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from dlcbench import __version__
+from dlcbench.errors import BackendUnavailableError, BadInputError, CompileError, DlcbenchError, one_line
+
+MANIFEST_NAME = "manifest.json"
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether an adapter can run here; ``reason`` and ``install_hint`` say why not."""
+
+    ok: bool
+    reason: str = ""
+    install_hint: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass
+class CompileOptions:
+    """Options common to every backend; adapters subclass this with their own fields.
+
+    Attributes:
+        target: Device family: ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``fp16``, ``bf16`` or ``int8``.
+        threads: CPU threads the backend may use (one count per comparison).
+        batch: Batch size the artifact is built and checked for.
+    """
+
+    target: str = "cpu"
+    precision: str = "fp32"
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    batch: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.threads, int) or self.threads <= 0:
+            raise BadInputError(f"threads must be a positive integer, got {self.threads}")
+        if not isinstance(self.batch, int) or self.batch <= 0:
+            raise BadInputError(f"batch must be a positive integer, got {self.batch}")
+        if self.precision not in PRECISIONS:
+            raise BadInputError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the options as JSON-friendly values."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class Manifest:
+    """The self-describing record written as ``manifest.json`` in every artifact."""
+
+    backend: str
+    backend_version: str
+    target: str
+    precision: str
+    batch: int
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    options: dict[str, Any]
+    compile_seconds: float
+    source_model: str
+    source_sha256: str
+    target_detail: Any = None
+    files: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    dlcbench_version: str = __version__
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def write(self, directory: Path) -> Path:
+        """Writes the manifest into ``directory``; returns its path."""
+        path = Path(directory) / MANIFEST_NAME
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, default=str))
+        return path
+
+    @classmethod
+    def read(cls, directory: Path) -> "Manifest":
+        """Reads ``directory/manifest.json``.
+
+        Raises:
+            BadInputError: the directory is not an artifact or its manifest is corrupt.
+        """
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            raise BadInputError(f"{directory} is not a dlcbench artifact (no {MANIFEST_NAME})")
+        try:
+            data = json.loads(path.read_text())
+            names = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except (json.JSONDecodeError, TypeError) as err:
+            raise BadInputError(f"corrupt manifest {path}: {one_line(err, 120)}") from None
+
+
+class Session(abc.ABC):
+    """A loaded artifact that runs named inputs; a context manager that frees what it holds."""
+
+    #: Name of the backend's own timer, or None when it has none.
+    native_timer_name: ClassVar[str | None] = None
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.manifest.outputs]
+
+    @abc.abstractmethod
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs one inference; returns host numpy outputs by name."""
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> None:
+        """Optional: stages ``inputs`` for :meth:`run_prepared` (device copies, bindings)."""
+        self._prepared = inputs
+
+    def run_prepared(self) -> None:
+        """Runs on the staged inputs and waits for completion; what the timing loop calls."""
+        self.run(self._prepared)
+
+    def native_time(self, inputs: dict[str, np.ndarray], repeat: int, number: int = 1) -> list[float] | None:
+        """Per-run seconds from the backend's own timer, or None when it has none."""
+        return None
+
+    def close(self) -> None:
+        """Releases the backend's resources. Safe to call twice."""
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+SOURCES = ("onnx", "onnx-folded", "keras")
+TARGETS = ("cpu", "cuda")
+
+
+def check_imports(*modules: str, hint: str = "") -> Availability:
+    """Imports ``modules`` in order; says which one failed and why (the usual body of ``available()``)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # ImportError, or a broken install raising anything at import time
+            return Availability(False, f"cannot import {module} ({type(err).__name__}: {one_line(err, 160)})", hint)
+    return Availability(True)
+
+
+def package_version(*distributions: str) -> str:
+    """The installed version of the first of ``distributions`` found (``"unknown"`` if none is)."""
+    from importlib import metadata
+
+    for dist in distributions:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+class Adapter(abc.ABC):
+    """A compiler backend: compile a model into an artifact, load an artifact into a session.
+
+    Subclasses set the class attributes and implement :meth:`version`,
+    :meth:`_compile` and :meth:`_load`; :meth:`available` imports ``requires``
+    unless overridden. See ``docs/adding-a-backend.md``.
+    """
+
+    name: ClassVar[str]
+    #: What the adapter compiles: ``onnx``, ``onnx-folded`` (static, constant-folded ONNX) or ``keras``.
+    source: ClassVar[str] = "onnx"
+    targets: ClassVar[tuple[str, ...]] = ("cpu",)
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    Options: ClassVar[type[CompileOptions]] = CompileOptions
+    install_hint: ClassVar[str] = ""
+    #: Top-level modules of the backend's library. Import them only inside methods; the default
+    #: :meth:`available` imports them, and the conformance suite hides them to check the reason given.
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def available(cls) -> Availability:
+        """Says whether the backend can run here, and if not, why and how to install it.
+
+        The default imports every module in ``requires``; override it to check versions or hardware too.
+        """
+        return check_imports(*cls.requires, hint=cls.install_hint)
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """The backend library's version string."""
+
+    @abc.abstractmethod
+    def _compile(self, model, options: CompileOptions, out_dir: Path) -> dict[str, Any]:
+        """Builds the artifact files into ``out_dir``.
+
+        Returns:
+            Manifest fields to set: ``files`` (role -> relative path) and
+            optionally ``target_detail`` and ``extra``.
+        """
+
+    @abc.abstractmethod
+    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
+        """Opens an artifact written by :meth:`_compile`."""
+
+    # ----------------------------------------------------------------- template methods
+
+    def input_shapes(self, model, options: CompileOptions) -> dict[str, list[int]]:
+        """The static input shapes an artifact of ``model`` is built for, by input name.
+
+        The leading (batch) dimension becomes ``options.batch``, unless the model's
+        shapes are fixed (``model.meta["fixed_shapes"]``: an ONNX operator test,
+        scalars, inputs with different leading dimensions), when they are kept.
+        """
+        if model.meta.get("fixed_shapes"):
+            return {i["name"]: list(i["shape"]) for i in model.meta["inputs"]}
+        return {i["name"]: [options.batch, *i["shape"][1:]] for i in model.meta["inputs"]}
+
+    def make_options(self, **values: Any) -> CompileOptions:
+        """Builds and validates this adapter's options (common and backend-specific fields)."""
+        known = {f.name for f in dataclasses.fields(self.Options)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BadInputError(
+                f"unknown option(s) for {self.name}: {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
+        options = self.Options(**values)
+        self.validate(options)
+        return options
+
+    def validate(self, options: CompileOptions) -> None:
+        """Rejects targets and precisions this backend cannot do."""
+        if options.target not in self.targets:
+            raise BadInputError(
+                f"backend {self.name} has no target {options.target!r}; valid: {', '.join(self.targets)}"
+            )
+        if options.precision not in self.precisions:
+            raise BadInputError(
+                f"backend {self.name} cannot compile precision {options.precision}; "
+                f"valid: {', '.join(self.precisions)}"
+            )
+
+    def require_available(self) -> None:
+        """Raises :class:`BackendUnavailableError` with the reason and install hint."""
+        status = self.available()
+        if not status:
+            install = status.install_hint or self.install_hint
+            hint = f" (install: {install})" if install else ""
+            raise BackendUnavailableError(f"backend {self.name} is not available: {status.reason}{hint}")
+
+    def compile(self, model, options: CompileOptions, out_dir: Path) -> Manifest:
+        """Compiles ``model`` (an :class:`dlcbench.models.export.ExportedModel`) into ``out_dir``.
+
+        The directory is replaced; the manifest records everything needed to
+        run the artifact later without ``options``.
+        """
+        self.validate(options)
+        self.require_available()
+        out_dir = Path(out_dir)
+        try:
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            out_dir.mkdir(parents=True)
+        except OSError as err:
+            raise BadInputError(f"cannot write output directory {out_dir}: {err.strerror}") from None
+        start = time.perf_counter()
+        try:
+            fields = self._compile(model, options, out_dir)
+        except DlcbenchError:
+            raise
+        except Exception as err:
+            raise CompileError(f"{self.name} failed to compile {model.name}: {one_line(err, 300)}") from err
+        seconds = time.perf_counter() - start
+        outputs = [dict(o) for o in model.meta["outputs"]]
+        shapes = self.input_shapes(model, options)
+        inputs = [dict(i, shape=shapes[i["name"]]) for i in model.meta["inputs"]]
+        manifest = Manifest(
+            backend=self.name,
+            backend_version=self.version(),
+            target=options.target,
+            precision=options.precision,
+            batch=options.batch,
+            inputs=inputs,
+            outputs=outputs,
+            options=options.to_dict(),
+            compile_seconds=round(seconds, 4),
+            source_model=model.name,
+            source_sha256=model.meta.get("onnx_sha256") or _sha256(model.onnx_path),
+            **fields,
+        )
+        manifest.write(out_dir)
+        return manifest
+
+    def load(self, artifact_dir: Path, threads: int | None = None) -> Session:
+        """Loads an artifact directory into a :class:`Session` (a context manager)."""
+        manifest = Manifest.read(Path(artifact_dir))
+        if manifest.backend != self.name:
+            raise BadInputError(f"{artifact_dir} was built by {manifest.backend}, not {self.name}")
+        self.require_available()
+        return self._load(Path(artifact_dir), manifest, threads)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_size(directory: Path) -> int:
+    """Total bytes of the files in an artifact directory."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())

@@ -1,0 +1,368 @@
+"""Apache TVM (Relax): ``from_onnx`` -> ``tvm.compile`` -> ``relax.VirtualMachine``.
+
+TVM 0.27 has no Relay, AutoTVM or graph executor. Targets are JSON dicts; the
+CPU target carries the host ``mcpu`` (a plain ``{"kind": "llvm"}`` is a generic
+CPU without AVX-512) and ``num-cores``. Weights are kept apart from the code
+(``params.npz``) so artifacts stay small and code can be shared across weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlcbench.errors import (
+    BackendRuntimeError,
+    BackendUnavailableError,
+    BadInputError,
+    CompileError,
+    DlcbenchError,
+    UnsupportedOpError,
+    one_line,
+)
+
+from dlcbench.compilers.base import Adapter, Availability, CompileOptions, Manifest, Session
+
+CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+
+
+@dataclass
+class TvmOptions(CompileOptions):
+    """TVM options.
+
+    Attributes:
+        mcpu: LLVM CPU name for the ``cpu`` target; ``None`` = this host's CPU.
+        arch: CUDA architecture for the ``cuda`` target (``sm_90`` for H100/H200).
+        separate_params: Keep weights in ``params.npz`` instead of baking them into the library.
+        tune_trials: MetaSchedule trials for this model (0 = no tuning); records already in the database count.
+        tune_minutes: MetaSchedule time budget; tuning stops cleanly with the best so far.
+        tuning_db: MetaSchedule database directory to use (import/export); default: one per target under the cache.
+            Given without a budget, its records are applied without tuning.
+        tune_strategy: MetaSchedule search strategy (``evolutionary``, ``replay-trace``, ``replay-func``).
+        tune_cost_model: ``xgb``, ``mlp`` or ``random``.
+        fast_math: On the cpu target, erf, exp, tanh and softmax use TOPI's vectorisable polynomial
+            approximations (``relax.transform.FastMathTransform``), as ONNX Runtime's MLAS kernels do;
+            outputs are still checked against the reference. Exact libm ``erff`` made BERT's GELU a fifth
+            of its tuned latency.
+    """
+
+    mcpu: str | None = None
+    arch: str = "sm_90"
+    separate_params: bool = True
+    tune_trials: int = 0
+    tune_minutes: float = 0.0
+    tuning_db: str | None = None
+    tune_strategy: str = "evolutionary"
+    tune_cost_model: str = "xgb"
+    fast_math: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.arch not in CUDA_ARCHS:
+            raise BadInputError(f"unknown CUDA arch {self.arch!r}; valid: {', '.join(CUDA_ARCHS)}")
+        if self.tune_trials < 0 or self.tune_minutes < 0:
+            raise BadInputError("tune_trials and tune_minutes must be non-negative")
+        if not isinstance(self.fast_math, bool):
+            raise BadInputError(f"fast_math must be true or false, got {self.fast_math!r}")
+        if self.target == "cuda" and self.tuning:
+            raise BadInputError("MetaSchedule tuning is supported for the cpu target only (cuda uses dlight schedules)")
+
+    @property
+    def tuning(self) -> bool:
+        """Whether MetaSchedule is involved (a budget or a database was given)."""
+        return bool(self.tune_trials or self.tune_minutes or self.tuning_db)
+
+
+def host_cpu() -> str:
+    """The LLVM name of this machine's CPU (``znver4``, ``sapphirerapids``...)."""
+    import tvm
+
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def host_cpu_features() -> list[str]:
+    """This machine's CPU features as LLVM ``mattr`` entries (``+avx2``, ``-avx512f``...), as CPUID reports them.
+
+    The CPU name alone is not enough: a virtual machine on a ``znver4`` host may hide AVX-512, and code built
+    for the name's default features then dies with SIGILL.
+    """
+    import tvm_ffi
+
+    features = tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")()
+    return sorted(("+" if on else "-") + str(name) for name, on in features.items())
+
+
+def cpu_target(threads: int, mcpu: str | None = None) -> dict[str, Any]:
+    """The LLVM target dict with ``num-cores`` = ``threads``: this host's CPU and features unless ``mcpu`` is given."""
+    if mcpu:
+        return {"kind": "llvm", "mcpu": mcpu, "num-cores": int(threads)}
+    return {"kind": "llvm", "mcpu": host_cpu(), "mattr": host_cpu_features(), "num-cores": int(threads)}
+
+
+def unsupported_ops(onnx_model) -> list[str]:
+    """Operators of ``onnx_model`` that TVM's Relax ONNX importer has no converter for."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = _get_convert_map()
+    return sorted({node.op_type for node in onnx_model.graph.node if node.op_type not in known})
+
+
+SMALL_PARAM_ELEMENTS = 16
+
+
+def import_onnx(onnx_model, input_shapes: dict[str, list[int]], separate_params: bool):
+    """Imports an ONNX model into Relax; returns ``(IRModule, list of numpy params)``."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    missing = unsupported_ops(onnx_model)
+    if missing:
+        raise UnsupportedOpError("tvm", missing, "no Relax ONNX converter")
+    try:
+        mod = from_onnx(onnx_model, shape_dict=input_shapes, keep_params_in_input=separate_params)
+    except Exception as err:
+        raise CompileError(f"TVM's ONNX importer failed: {one_line(err, 300)}") from None
+    params: list[np.ndarray] = []
+    if separate_params:
+        mod, detached = relax.frontend.detach_params(mod)
+        weights = [p.numpy() for p in detached.get("main", [])]
+        main = mod["main"]
+        param_vars = list(main.params)[int(main.attrs["num_input"]):]
+        # Small ones (Clip bounds, shapes) stay constants: folded, ONNX Clip's NaN guards disappear
+        # instead of being fused into every convolution, where MetaSchedule cannot schedule them
+        # (a reverse-compute-at ScheduleError on each depthwise conv + ReLU6).
+        small = {var: tvm.runtime.tensor(w) for var, w in zip(param_vars, weights) if w.size <= SMALL_PARAM_ELEMENTS}
+        if small:
+            mod = relax.transform.BindParams("main", small)(mod)
+        params = [w for w in weights if w.size > SMALL_PARAM_ELEMENTS]
+    return mod, params
+
+
+def _to_numpy(value) -> np.ndarray:
+    """A VM result as numpy: tensors via ``.numpy()``, shape tuples (ONNX ``Shape``) as int64 arrays."""
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    return np.asarray([int(v) for v in value], dtype=np.int64)
+
+
+def _has_function(vm, name: str) -> bool:
+    try:
+        vm[name]
+        return True
+    except Exception:
+        return False
+
+
+class TvmSession(Session):
+    """A Relax VirtualMachine over the artifact's library, weights uploaded once."""
+
+    native_timer_name = "tvm.time_evaluator"
+
+    def __init__(self, manifest: Manifest, lib, device, params: list[np.ndarray]):
+        import tvm
+        from tvm import relax
+
+        super().__init__(manifest)
+        self._tvm = tvm
+        self._device = device
+        self._vm = relax.VirtualMachine(lib, device)
+        self._params = [tvm.runtime.tensor(p, device) for p in params]
+        if self._params and _has_function(self._vm, "main_transform_params"):
+            # Tuned CPU builds prepack weights into the layouts MetaSchedule chose; once, like ORT at load.
+            self._params = list(self._vm["main_transform_params"](self._params))
+        self._input_names = [i["name"] for i in manifest.inputs]
+        self._staged: list | None = None
+
+    def _args(self, inputs):
+        missing = [n for n in self._input_names if n not in inputs]
+        if missing:
+            raise BadInputError(f"missing input(s) {', '.join(missing)}; expected {', '.join(self._input_names)}")
+        for spec in self.manifest.inputs:
+            if list(inputs[spec["name"]].shape) != list(spec["shape"]):
+                raise BadInputError(
+                    f"input {spec['name']} has shape {list(inputs[spec['name']].shape)}, artifact expects {spec['shape']}"
+                )
+        # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d inputs into 1-d ones.
+        return [self._tvm.runtime.tensor(np.asarray(inputs[n], order="C"), self._device) for n in self._input_names]
+
+    def _outputs(self, result) -> dict[str, np.ndarray]:
+        values = [result] if hasattr(result, "numpy") else list(result)
+        if len(self.output_names) == 1 and not hasattr(result, "numpy") and not all(hasattr(v, "numpy") for v in values):
+            values = [result]  # a single output that is a shape tuple (ONNX Shape), not a tuple of outputs
+        return {name: _to_numpy(v) for name, v in zip(self.output_names, values)}
+
+    def run(self, inputs):
+        args = self._args(inputs)
+        try:
+            result = self._vm["main"](*args, *self._params)
+        except Exception as err:
+            raise BackendRuntimeError(f"tvm run failed: {one_line(err, 300)}") from None
+        return self._outputs(result)
+
+    def prepare(self, inputs):
+        self._staged = self._args(inputs) + self._params
+
+    def run_prepared(self):
+        self._vm["main"](*self._staged)
+        self._device.sync()
+
+    def native_time(self, inputs, repeat, number=1):
+        evaluator = self._vm.time_evaluator("main", self._device, number=number, repeat=repeat)
+        return [float(x) for x in evaluator(*self._args(inputs), *self._params).results]
+
+    def profile(self, inputs, repeat: int = 5) -> list[dict[str, Any]]:
+        """Where one inference spends its time: wall time per called function, largest first.
+
+        Every VM call is timed through ``set_instrument`` (a Python hook, a few microseconds each,
+        so shares of many tiny calls are overstated). Returns dicts with ``name``, ``calls`` per
+        inference, ``ms`` per inference and ``share`` of the instrumented total.
+        """
+        import time
+
+        args = self._args(inputs) + self._params
+        self._vm["main"](*args)
+        spent: dict[str, list[float]] = {}
+        started: dict[str, int] = {}
+
+        def hook(_func, symbol, before_run, _ret, *_args):
+            if before_run:
+                started[symbol] = time.perf_counter_ns()
+            else:
+                entry = spent.setdefault(symbol, [0.0, 0])
+                entry[0] += (time.perf_counter_ns() - started[symbol]) / 1e6
+                entry[1] += 1
+            return 0
+
+        self._vm.set_instrument(hook)
+        try:
+            for _ in range(repeat):
+                self._vm["main"](*args)
+        finally:
+            self._vm.set_instrument(lambda *_: 0)
+        total = sum(ms for ms, _ in spent.values()) or 1.0
+        rows = [{"name": name, "calls": calls // repeat, "ms": ms / repeat, "share": ms / total}
+                for name, (ms, calls) in spent.items()]
+        return sorted(rows, key=lambda r: -r["ms"])
+
+    def close(self):
+        self._vm = None
+        self._params = []
+        self._staged = None
+
+
+class TvmAdapter(Adapter):
+    """Apache TVM Relax, for the host CPU (LLVM) or an NVIDIA GPU (CUDA, cross-compiled with nvcc)."""
+
+    name = "tvm"
+    source = "onnx-folded"
+    targets = ("cpu", "cuda")
+    precisions = ("fp32",)
+    Options = TvmOptions
+
+    @staticmethod
+    def progress(line: str) -> None:
+        """Tuning progress goes to stderr, one line per round."""
+        print(line, file=sys.stderr, flush=True)
+
+    @classmethod
+    def available(cls) -> Availability:
+        try:
+            version = metadata.version("apache-tvm")
+        except metadata.PackageNotFoundError:
+            return Availability(False, "apache-tvm is not installed")
+        if not version.startswith("0.27"):
+            return Availability(False, f"dlcbench needs apache-tvm 0.27, found {version}")
+        return Availability(True)
+
+    def version(self) -> str:
+        return metadata.version("apache-tvm")
+
+    def _compile(self, model, options: TvmOptions, out_dir: Path) -> dict[str, Any]:
+        import onnx
+
+        onnx_model = onnx.load(str(model.onnx_path))
+        shapes = self.input_shapes(model, options)
+        mod, params = import_onnx(onnx_model, shapes, options.separate_params)
+        if options.target == "cuda":
+            from dlcbench.compilers.tvm.cuda import compile_cuda, device_code_archs
+
+            executable = compile_cuda(mod, options.arch)
+            target_detail: Any = {"kind": "cuda", "arch": options.arch}
+            extra: dict[str, Any] = {}
+        else:
+            executable, target_detail, extra = self._compile_cpu(mod, options)
+        executable.export_library(str(out_dir / "model.so"))
+        files = {"library": "model.so"}
+        if extra.get("tuning", {}).get("curve"):
+            (out_dir / "tuning_curve.json").write_text(json.dumps(extra["tuning"]["curve"]))
+            files["tuning_curve"] = "tuning_curve.json"
+            try:
+                from dlcbench.compilers.tvm.tuning import plot_curve
+
+                plot_curve(extra["tuning"]["curve"], out_dir / "tuning_curve.png")
+                files["tuning_curve_plot"] = "tuning_curve.png"
+            except ImportError:
+                pass  # matplotlib is optional
+        if options.target == "cuda":
+            extra["device_code_archs"] = device_code_archs(out_dir / "model.so")
+            if options.arch not in extra["device_code_archs"]:
+                raise CompileError(f"the CUDA library holds no {options.arch} device code")
+        if options.separate_params:
+            np.savez(out_dir / "params.npz", *params)
+            files["params"] = "params.npz"
+        return {"files": files, "target_detail": target_detail, "extra": extra}
+
+    def _compile_cpu(self, mod, options: TvmOptions):
+        import tvm
+
+        target_dict = cpu_target(options.threads, options.mcpu)
+        target = tvm.target.Target(target_dict)
+        if options.fast_math:
+            from tvm import relax
+
+            mod = relax.transform.FastMathTransform()(mod)
+        if not options.tuning:
+            return tvm.compile(mod, target=target), target_dict, {}
+        from dlcbench.compilers.tvm import tuning as tvm_tuning
+
+        config = tvm_tuning.TuningConfig(
+            trials=options.tune_trials, minutes=options.tune_minutes,
+            db=Path(options.tuning_db) if options.tuning_db else None,
+            strategy=options.tune_strategy, cost_model=options.tune_cost_model,
+        )
+        mod = tvm_tuning.prepare_module(mod, target)
+        database, report = tvm_tuning.tune_module(mod, target_dict, config, progress=self.progress)
+        mod = tvm_tuning.apply_database(mod, target, database)
+        extra = {"tuning_seconds": report.seconds, "tuning": report.to_dict()}
+        return tvm.compile(mod, target=target), target_dict, extra
+
+    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
+        import tvm
+
+        threads = threads or manifest.options["threads"]
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+        try:
+            config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+            if config is not None:
+                config(0, threads)  # 0 = big cores, as many as asked
+            device = tvm.cuda(0) if manifest.target == "cuda" else tvm.cpu(0)
+            if manifest.target == "cuda" and not device.exist:
+                raise BackendUnavailableError("no CUDA GPU on this machine to run a tvm cuda artifact")
+            lib = tvm.runtime.load_module(str(artifact_dir / manifest.files["library"]))
+            params: list[np.ndarray] = []
+            if "params" in manifest.files:
+                with np.load(artifact_dir / manifest.files["params"]) as data:
+                    params = [data[f"arr_{i}"] for i in range(len(data.files))]
+            return TvmSession(manifest, lib, device, params)
+        except DlcbenchError:
+            raise
+        except Exception as err:
+            raise BackendRuntimeError(f"tvm could not load {artifact_dir}: {one_line(err, 300)}") from None

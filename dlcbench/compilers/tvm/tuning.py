@@ -1,0 +1,624 @@
+"""MetaSchedule tuning for the TVM adapter (AutoTVM's successor in TVM 0.27).
+
+The flow: ``relax.get_pipeline("zero")`` inside ``with target`` (the raw import
+has no tunable tasks), task extraction, one ``tune_tasks`` call whose task
+scheduler spends each batch where the measured, weighted latency is (every task
+is measured once, heaviest by FLOPs first) and stops cleanly at a time budget
+with the best so far, then ``MetaScheduleApplyDatabase`` inside
+``with target, database``. Memory-bound tasks (GELU, softmax, layer norm) get
+trials too: untuned, they took a quarter of BERT's time after its matmuls were
+tuned.
+
+One persistent database per target (``mcpu``, ``num-cores``) and TVM version
+is shared by every model, so repeated layers and repeated compiles reuse
+records: the records a model's tasks already have count towards its trial
+budget, so a second compile with the same budget runs no new trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from dlcbench.errors import BackendUnavailableError, BadInputError, CompileError, one_line
+
+META_FILE = "dlcbench-tuning.json"
+STRATEGIES = ("evolutionary", "replay-trace", "replay-func")
+COST_MODELS = ("xgb", "mlp", "random")
+DB_FILES = ("database_workload.json", "database_tuning_record.json")
+DEFAULT_TRIALS_PER_TASK = 200
+
+
+@dataclass
+class TuningConfig:
+    """A tuning budget.
+
+    Attributes:
+        trials: Total measured trials for the model, records already in the database included
+            (0 = what ``minutes`` allows, up to ``DEFAULT_TRIALS_PER_TASK`` per task).
+        minutes: Wall-clock budget; tuning stops between rounds once spent (0 = no time limit).
+        db: Database directory; ``None`` = the per-target default under the dlcbench cache.
+        max_trials_per_task: Cap for any single task.
+        round_trials: Trials per batch (one task's candidates built and measured together).
+        builder_timeout_s: Per-candidate build timeout (the default 30 s was hit on a loaded 2-core machine).
+        seed: Search seed.
+        strategy: MetaSchedule search strategy (``evolutionary``; ``replay-trace`` is cheaper per trial).
+        cost_model: ``xgb`` (needs xgboost), ``mlp`` or ``random``.
+        population: Evolutionary search population; MetaSchedule's default 512 spent most of each batch mutating
+            (128: 0.46 s per convolution trial here, against 0.65 s at 256).
+    """
+
+    trials: int = 0
+    minutes: float = 0.0
+    db: Path | None = None
+    max_trials_per_task: int | None = None
+    round_trials: int = 16
+    population: int = 128
+    builder_timeout_s: float = 120.0
+    seed: int = 0
+    strategy: str = "evolutionary"
+    cost_model: str = "xgb"
+
+    def __post_init__(self):
+        if self.trials < 0 or self.minutes < 0:
+            raise BadInputError("tuning trials and minutes must be non-negative")
+        if self.trials == 0 and self.minutes == 0 and self.db is None:
+            raise BadInputError("tuning needs --tune-trials, --tune-minutes or --tuning-db")
+        if self.strategy not in STRATEGIES:
+            raise BadInputError(f"unknown tuning strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        if self.cost_model not in COST_MODELS:
+            raise BadInputError(f"unknown cost model {self.cost_model!r}; valid: {', '.join(COST_MODELS)}")
+        if self.round_trials <= 0 or self.population <= 0:
+            raise BadInputError("round_trials and population must be positive")
+
+    @property
+    def tunes(self) -> bool:
+        return self.trials > 0 or self.minutes > 0
+
+
+def require_tuning_deps(cost_model: str = "xgb") -> None:
+    """Checks MetaSchedule's optional dependencies up front (xgboost fails only after the first batch)."""
+    missing = []
+    for module in ("psutil", "cloudpickle") + (("xgboost",) if cost_model == "xgb" else ()):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise BackendUnavailableError(
+            f"tuning needs {', '.join(missing)} (install: pip install -e '.[tune]')"
+        )
+
+
+def target_identity(target: dict[str, Any]) -> dict[str, Any]:
+    """What a database is only valid for: the target and TVM's version."""
+    return {"target": {k: target[k] for k in sorted(target)}, "tvm_version": metadata.version("apache-tvm")}
+
+
+def default_db_dir(target: dict[str, Any]) -> Path:
+    """``<cache>/tuning/tvm-<version>-<kind>-<mcpu>-<cores>c[-<features digest>]``."""
+    from dlcbench.models.export import default_cache_dir
+
+    ident = target_identity(target)
+    name = f"tvm-{ident['tvm_version']}-{target['kind']}-{target.get('mcpu', 'generic')}-{target.get('num-cores', 0)}c"
+    if target.get("mattr"):
+        name += "-" + hashlib.sha256(",".join(target["mattr"]).encode()).hexdigest()[:8]
+    return default_cache_dir() / "tuning" / name
+
+
+def validate_database(path: Path, target: dict[str, Any], create: bool) -> None:
+    """Refuses a database of another target or TVM version, or one whose files are corrupt.
+
+    Raises:
+        BadInputError: missing (when not ``create``), foreign, or corrupt database.
+    """
+    path = Path(path)
+    meta = path / META_FILE
+    expected = target_identity(target)
+    if not meta.is_file():
+        if any((path / f).exists() for f in DB_FILES):
+            raise BadInputError(f"tuning database {path} has no {META_FILE}: its target and TVM version are unknown")
+        if not create:
+            raise BadInputError(f"no tuning database at {path}")
+        path.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps(expected, indent=2))
+        return
+    try:
+        found = json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        raise BadInputError(f"corrupt tuning database {path}: {META_FILE} is not JSON") from None
+    if found != expected:
+        raise BadInputError(
+            f"tuning database {path} was built for {json.dumps(found, sort_keys=True)}, "
+            f"not {json.dumps(expected, sort_keys=True)}; refusing to apply it"
+        )
+    for name in DB_FILES:
+        file = path / name
+        if not file.exists():
+            continue
+        for number, line in enumerate(file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                raise BadInputError(f"corrupt tuning database {path}: {name} line {number} is not valid JSON") from None
+
+
+def open_database(path: Path, target: dict[str, Any], create: bool = True):
+    """Validates then opens a MetaSchedule JSON database directory."""
+    from tvm.s_tir import meta_schedule as ms
+
+    validate_database(path, target, create)
+    try:
+        return ms.database.JSONDatabase(work_dir=str(path), module_equality="structural")
+    except Exception as err:
+        raise BadInputError(f"corrupt tuning database {path}: {one_line(err, 200)}") from None
+
+
+def prepare_module(mod, target):
+    """TVM's ``static_shape_tuning_pipeline`` up to tuning, with CPU weight prepacking.
+
+    ``zero`` inside ``with target`` makes the tasks tunable PrimFuncs; ``AttachAttrLayoutFreeBuffers``
+    lets MetaSchedule choose the weights' layout (packed, as ONNX Runtime's MLAS does), which
+    :func:`apply_database` then lifts into a ``main_transform_params`` function run once at load.
+    Small parameters are constants already (see ``import_onnx``), so ONNX Clip's NaN guards fold away.
+    """
+    import tvm
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential([
+            relax.transform.FoldConstant(),
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.get_pipeline("zero"),
+            relax.transform.AttachAttrLayoutFreeBuffers(),
+        ])(mod)
+
+
+def _task_flops(task) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(task.dispatched[0])) * float(task.weight)
+    except Exception:  # some PrimFuncs (pure data movement) have no estimate
+        return 0.0
+
+
+def _records(database, task) -> list:
+    workload = database.commit_workload(task.dispatched[0])
+    return [r for r in database.get_top_k(workload, 100_000) if r.run_secs]
+
+
+def _record_count(database, task, all_records) -> int:
+    """Records of the task's workload, failed candidates included: each was a trial spent."""
+    workload = database.commit_workload(task.dispatched[0])
+    return sum(1 for r in all_records if r.workload.same_as(workload))
+
+
+def _best_seconds(database, task) -> float | None:
+    records = _records(database, task)
+    if not records:
+        return None
+    return min(sum(float(s) for s in r.run_secs) / len(r.run_secs) for r in records)
+
+
+@dataclass
+class TaskPlan:
+    """One extracted task: its size, what the database already had, and what this run spent on it."""
+
+    name: str
+    weight: int
+    flops: float
+    share: float
+    existing: int
+    new_trials: int = 0
+    best_ms: float | None = None
+    failed: str | None = None
+
+
+def plan_tasks(tasks, database) -> list[TaskPlan]:
+    """Describes each task (FLOP share, calls per inference, records already in the database)."""
+    flops = [_task_flops(t) for t in tasks]
+    total = sum(flops) or 1.0
+    all_records = database.get_all_tuning_records()
+    plans = []
+    for task, f in zip(tasks, flops):
+        best = _best_seconds(database, task)
+        plans.append(TaskPlan(task.task_name, int(task.weight), f, f / total, _record_count(database, task, all_records),
+                              best_ms=best * 1e3 if best is not None else None))
+    return plans
+
+
+def global_budget(plans: list[TaskPlan], config: TuningConfig) -> int:
+    """New trials for this run: the budget less the records the model's tasks already have."""
+    budget = config.trials or DEFAULT_TRIALS_PER_TASK * len(plans)
+    return max(0, budget - sum(p.existing for p in plans))
+
+
+@dataclass
+class TuningReport:
+    """What tuning did: per-task plan, trials run, seconds, and the tuning curve."""
+
+    db: str
+    seconds: float
+    new_trials: int
+    stopped_by_time: bool
+    tasks: list[dict[str, Any]]
+    curve: list[dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _build_candidate(mod, target):
+    """MetaSchedule's ``default_build`` minus ``import tvm.s_tir.tensor_intrin``.
+
+    That import costs ~26 s in every fresh process (mostly CUDA intrinsics); candidates that use an
+    intrinsic already carry its body after tensorization, so building does not need the registry.
+    """
+    import os
+    import tempfile
+
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    from tvm.support.tar import tar
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    path = os.path.join(tempfile.mkdtemp(prefix="dlcbench-ms-"), "tvm_tmp_mod." + tar.output_format)
+    tvm.compile(mod, target=target).export_library(path, fcompile=tar)
+    return path
+
+
+def _make_builder(workers: int, timeout_s: float):
+    """A MetaSchedule builder whose worker processes live across batches.
+
+    ``LocalBuilder`` starts a fresh process pool for every batch; with the intrinsic import that cost
+    ~30 s per batch of 16 candidates here, 80% of all tuning time.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class PooledBuilder(PyBuilder):
+        def __init__(self):
+            super().__init__()
+            # Recycled now and then: PopenPool workers are known to leak over many builds.
+            self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_s, maximum_process_uses=200)
+
+        def build(self, build_inputs):
+            results = []
+            jobs = [(b.mod, b.target) for b in build_inputs]
+            for res in self.pool.map_with_error_catching(lambda job: _build_candidate(*job), jobs):
+                if res.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(res.value, None))
+                elif res.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"build timed out after {timeout_s:g} s"))
+                else:
+                    results.append(BuilderResult(None, f"build failed: {res.value}"))
+            return results
+
+        def shutdown(self):
+            self.pool.shutdown()
+
+    return PooledBuilder()
+
+
+class _Tuner:
+    """One tuning run: a task scheduler and a measure callback sharing state.
+
+    The scheduler is MetaSchedule's gradient idea in Python, so that it can also honour a wall-clock
+    deadline (returning -1 ends ``TaskScheduler.tune`` cleanly; the built-in one has no clock): every
+    task is measured once, heaviest first, then each batch goes to the task whose weighted latency is
+    falling fastest or is still largest per batch spent.
+    """
+
+    ALPHA = 0.2  # weight of the recent gain against the remaining latency per batch, as MetaSchedule's
+    WINDOW = 3
+    EPSILON = 0.05
+
+    def __init__(self, plans: list[TaskPlan], index: list[int], deadline: float, per_task_cap: int | None,
+                 seed: int, on_batch: Callable[[int, list[float]], None]):
+        import random
+
+        self.plans, self.index, self.deadline = plans, index, deadline
+        self.per_task_cap = per_task_cap
+        self.rng = random.Random(seed)
+        self.on_batch = on_batch
+        self.history: dict[int, list[float]] = {i: [] for i in range(len(index))}
+        self.spent = {i: 0 for i in range(len(index))}
+        self.last_task = -1
+        self.stopped_by_time = False
+
+    def best(self, i: int) -> float | None:
+        """Best latency (ms) so far: the database's at the start, then lowered by each batch."""
+        return self.plans[self.index[i]].best_ms
+
+    def record(self, i: int, latencies_ms: list[float]) -> None:
+        plan = self.plans[self.index[i]]
+        self.spent[i] += 1
+        best = min([plan.best_ms] * (plan.best_ms is not None) + latencies_ms, default=None)
+        if best is not None:
+            self.history[i].append(best)
+            plan.best_ms = best
+
+    def choose(self, alive: list[int]) -> int:
+        unmeasured = [i for i in alive if self.best(i) is None]
+        if unmeasured:
+            return unmeasured[0]  # tasks come heaviest first
+        if self.rng.random() < self.EPSILON:
+            return self.rng.choice(alive)
+
+        def score(i: int) -> float:
+            weight = self.plans[self.index[i]].weight
+            hist = self.history[i]
+            remaining = self.best(i) / (self.spent[i] + 1)
+            recent = (hist[-1 - self.WINDOW] - hist[-1]) / self.WINDOW if len(hist) > self.WINDOW else remaining
+            return weight * (self.ALPHA * recent + (1 - self.ALPHA) * remaining)
+
+        return max(alive, key=score)
+
+    def scheduler(self):
+        from tvm.ir.utils import derived_object
+        from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
+
+        tuner = self
+
+        @derived_object
+        class DeadlineScheduler(PyTaskScheduler):
+            def next_task_id(self) -> int:
+                outer = self._outer()
+                records = outer.tasks_
+                for i in range(len(records)):
+                    outer.touch_task(i)  # joins finished measurements, so the latencies are current
+                alive = [i for i in range(len(records)) if not records[i].is_terminated
+                         and (tuner.per_task_cap is None
+                              or tuner.plans[tuner.index[i]].existing + tuner.plans[tuner.index[i]].new_trials
+                              < tuner.per_task_cap)]
+                if not alive:
+                    return -1
+                # Checked after the first batch, so any time budget makes progress and ends with the best so far.
+                if tuner.last_task >= 0 and time.perf_counter() >= tuner.deadline:
+                    tuner.stopped_by_time = True
+                    return -1
+                pick = tuner.choose(alive)
+                if records[pick].runner_futures is not None:
+                    self.join_running_task(pick)
+                tuner.last_task = pick
+                return pick
+
+        return DeadlineScheduler()
+
+    def callback(self):
+        from tvm.ir.utils import derived_object
+        from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+        tuner = self
+
+        @derived_object
+        class Record(PyMeasureCallback):
+            def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+                latencies = [sum(float(s) for s in r.run_secs) / len(r.run_secs) * 1e3
+                             for r in runner_results if r.run_secs and r.error_msg is None]
+                tuner.plans[tuner.index[task_id]].new_trials += len(measure_candidates)
+                tuner.record(task_id, latencies)
+                tuner.on_batch(task_id, latencies)
+
+        return Record()
+
+
+def _estimated_ms(plans: list[TaskPlan]) -> float:
+    """Sum over measured tasks of best latency x calls per inference."""
+    return sum(p.best_ms * p.weight for p in plans if p.best_ms is not None)
+
+
+def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress: Callable[[str], None] | None = None):
+    """Tunes a prepared module's tasks into the database (when the config asks for trials).
+
+    Args:
+        mod: A module after :func:`prepare_module`.
+        target_dict: The target as dlcbench builds it (``kind``, ``mcpu``, ``num-cores``).
+        config: The budget and database.
+        progress: Called with a line now and then (trials done, best estimate).
+
+    Returns:
+        ``(database, TuningReport)``.
+    """
+    import os
+
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
+
+    say = progress or (lambda line: None)
+    target = tvm.target.Target(target_dict)
+    db_path = Path(config.db) if config.db else default_db_dir(target_dict)
+    database = open_database(db_path, target_dict, create=config.tunes)
+    tasks = extract_tasks(mod, target)
+    plans = plan_tasks(tasks, database)
+    start = time.perf_counter()
+    budget = global_budget(plans, config) if config.tunes else 0
+    curve = [{"trials": 0, "seconds": 0.0, "estimated_ms": _estimated_ms(plans)}]
+    stopped = False
+    done = 0
+    if budget:
+        require_tuning_deps(config.cost_model)
+        deadline = start + config.minutes * 60 if config.minutes else float("inf")
+        # Heaviest first: with a tiny budget the big matmuls/convolutions get the trials.
+        todo = sorted((i for i, t in enumerate(tasks) if not t.mod.attrs.get("tirx.is_scheduled", False)),
+                      key=lambda i: -plans[i].flops)
+        cores = os.cpu_count() or 1
+        builder = _make_builder(workers=cores, timeout_s=config.builder_timeout_s)
+        runner = ms.runner.LocalRunner(
+            timeout_sec=config.builder_timeout_s,
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
+        )
+        work = Path(tempfile.mkdtemp(prefix="dlcbench-tune-"))
+        last_line = [0.0]
+
+        def on_batch(_task: int, _latencies: list[float]) -> None:
+            trials = sum(p.new_trials for p in plans)
+            elapsed = time.perf_counter() - start
+            est = _estimated_ms(plans)
+            curve.append({"trials": trials, "seconds": round(elapsed, 2), "estimated_ms": est})
+            if elapsed - last_line[0] >= 10 or trials >= budget:
+                last_line[0] = elapsed
+                say(f"tuning [{'#' * min(20, 20 * trials // budget):<20}] {trials}/{budget} trials, "
+                    f"{elapsed:.0f} s, estimated {est:.3f} ms")
+
+        try:
+            while todo and not stopped:
+                spent = sum(p.new_trials for p in plans)
+                left = budget - spent
+                if left <= 0 or (spent and time.perf_counter() >= deadline):
+                    stopped = left > 0
+                    break
+                contexts = _tune_contexts([tasks[i] for i in todo], work, config, cores, target_dict)
+                # MetaSchedule builds every design space before the first batch; one that cannot be
+                # built (a ScheduleError on depthwise conv + ReLU6, for one) would fail them all.
+                keep = []
+                for i, ctx in zip(todo, contexts):
+                    try:
+                        ctx.generate_design_space()
+                        keep.append((i, ctx))
+                    except Exception as err:
+                        plans[i].failed = one_line(err, 200)
+                        say(f"tuning: task {plans[i].name} keeps its default schedule: {plans[i].failed}")
+                if not keep:
+                    break
+                todo, contexts = [i for i, _ in keep], [c for _, c in keep]
+                tuner = _Tuner(plans, todo, deadline, config.max_trials_per_task, config.seed, on_batch)
+                _quiet_meta_schedule()
+                try:
+                    ms.tune_tasks(
+                        tasks=contexts, task_weights=[float(tasks[i].weight) for i in todo], work_dir=str(work),
+                        max_trials_global=left, max_trials_per_task=left,
+                        num_trials_per_iter=min(config.round_trials, left), database=database,
+                        cost_model=config.cost_model, builder=builder, runner=runner,
+                        measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                        + [tuner.callback()],
+                        task_scheduler=tuner.scheduler(),
+                    )
+                    stopped = tuner.stopped_by_time
+                    break
+                except Exception as err:  # a MetaSchedule bug in one task must not cost the others
+                    if tuner.last_task < 0:
+                        raise CompileError(f"MetaSchedule failed before tuning: {one_line(err, 300)}") from None
+                    bad = todo[tuner.last_task]
+                    plans[bad].failed = one_line(err, 200)
+                    say(f"tuning: task {plans[bad].name} failed and keeps its default schedule: {plans[bad].failed}")
+                    todo = [i for i in todo if i != bad]
+        finally:
+            builder.shutdown()
+            shutil.rmtree(work, ignore_errors=True)
+        done = sum(p.new_trials for p in plans)
+    for plan, task in zip(plans, tasks):
+        best = _best_seconds(database, task)
+        plan.best_ms = best * 1e3 if best is not None else None
+    report = TuningReport(
+        db=str(db_path), seconds=round(time.perf_counter() - start, 2), new_trials=done, stopped_by_time=stopped,
+        tasks=[p.__dict__.copy() for p in plans], curve=curve,
+    )
+    return database, report
+
+
+def _quiet_meta_schedule() -> None:
+    """MetaSchedule's loggers set their own levels; its per-task tables would flood the progress output."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("tvm.s_tir.meta_schedule"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _load_cpu_intrinsics() -> None:
+    """Registers only this host's CPU tensor intrinsics before MetaSchedule asks for all of them.
+
+    ``TuneContext`` imports ``tvm.s_tir.tensor_intrin``, whose CUDA, ROCm and Hexagon intrinsics take
+    ~26 s to build on this machine and are never used by an LLVM target. The package is entered
+    in ``sys.modules`` unexecuted, so that import is a no-op, and only the host's module is loaded.
+    """
+    import importlib
+    import importlib.util
+    import platform
+    import sys
+
+    import tvm.s_tir
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    package = importlib.util.module_from_spec(importlib.util.find_spec(name))
+    sys.modules[name] = package
+    tvm.s_tir.tensor_intrin = package
+    host = "arm_cpu" if platform.machine().lower() in ("aarch64", "arm64") else "x86"
+    importlib.import_module(f"{name}.{host}")
+
+
+def _tune_contexts(tasks, work: Path, config: TuningConfig, cores: int, target_dict: dict[str, Any]):
+    from tvm.s_tir import meta_schedule as ms
+
+    if target_dict.get("kind") == "llvm":
+        _load_cpu_intrinsics()
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
+    strategy: Any = config.strategy
+    if strategy == "evolutionary":
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population)
+    # Search threads leave the measured kernels their cores on a small machine.
+    search_threads = max(1, cores - int(target_dict.get("num-cores", 1))) if cores > 2 else 1
+    contexts, _ = extracted_tasks_to_tune_contexts(tasks, str(work), strategy=strategy,
+                                                   num_threads=search_threads, seed=config.seed)
+    return contexts
+
+
+def apply_database(mod, target, database):
+    """Applies the best records (``MetaScheduleApplyDatabase`` inside ``with target, database``), then
+    splits the weight-layout rewrites into ``main_transform_params`` (run once at load, like a prepack)."""
+    import tvm
+    from tvm import relax
+
+    with target, database:
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    with target:
+        return tvm.transform.Sequential([
+            relax.transform.SplitLayoutRewritePreproc(),
+            relax.transform.LiftTransformParams(),
+            relax.transform.FoldConstant(),
+        ])(mod)
+
+
+def plot_curve(curve: list[dict[str, float]], path: Path) -> None:
+    """Saves the tuning curve (estimated latency against trials and seconds) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    trials = [c["trials"] for c in curve]
+    secs = [c["seconds"] for c in curve]
+    est = [c["estimated_ms"] for c in curve]
+    a.plot(trials, est, marker=".")
+    a.set_xlabel("trials")
+    a.set_ylabel("estimated latency of tuned tasks (ms)")
+    b.plot(secs, est, marker=".")
+    b.set_xlabel("seconds")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.suptitle("MetaSchedule tuning curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+__all__ = ["TuningConfig", "tune_module", "apply_database", "open_database", "validate_database", "default_db_dir",
+           "prepare_module", "plot_curve"]

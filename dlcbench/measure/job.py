@@ -1,0 +1,224 @@
+"""One job end to end: export (cached), compile, load, check against the reference, time.
+
+:func:`run_job` is what ``scripts/compile.py`` calls, and what the experiment
+runner calls inside each isolated worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlcbench.errors import BadInputError, one_line
+from dlcbench.measure.check import check_outputs, parse_tolerance_overrides
+from dlcbench.measure.timing import TimingConfig, measure, statistics
+
+
+@dataclass
+class JobConfig:
+    """Everything one (model, backend, configuration) job needs.
+
+    Attributes:
+        backend: Registered backend name (see ``--list-backends``).
+        model: Zoo name or model file path.
+        preset: Zoo size preset.
+        params: Zoo parameter overrides.
+        target: ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``fp16``, ``bf16`` or ``int8``.
+        batch: Batch size.
+        threads: CPU threads for the backend (one count per comparison).
+        out_dir: Where the artifact and ``result.json`` go.
+        backend_options: Backend-specific options (fields of the adapter's Options class).
+        tolerances: Tolerance overrides, ``[OUTPUT:]abs=..,rel=..,cosine=..`` strings.
+        timing: Warm-up and measurement rules.
+        seed: Seed of the weights and inputs.
+        opset: ONNX opset of the export.
+        compile_only: Stop after writing the artifact (cross-compiling for a device this machine lacks).
+    """
+
+    backend: str
+    model: str
+    preset: str = "default"
+    params: dict[str, Any] = field(default_factory=dict)
+    target: str = "cpu"
+    precision: str = "fp32"
+    batch: int = 1
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    out_dir: Path | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    tolerances: list[str] = field(default_factory=list)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    seed: int = 0
+    opset: int = 17
+    compile_only: bool = False
+
+    def __post_init__(self):
+        for key in ("batch", "threads"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value <= 0:
+                raise BadInputError(f"{key} must be a positive integer, got {value}")
+        parse_tolerance_overrides(self.tolerances)  # validate early
+        if self.out_dir is None:
+            stem = Path(self.model).stem if os.sep in self.model or "." in self.model else self.model
+            self.out_dir = Path("out") / f"{stem}-{self.backend}-{self.target}-{self.precision}-b{self.batch}"
+        self.out_dir = Path(self.out_dir)
+
+
+@dataclass
+class JobResult:
+    """What a job produced; ``to_dict`` is what ``result.json`` holds."""
+
+    config: dict[str, Any]
+    manifest: dict[str, Any]
+    model: dict[str, Any]
+    check: dict[str, Any]
+    timing: dict[str, Any]
+    native_timing: dict[str, Any] | None
+    compile_seconds: float
+    export_seconds: float
+    artifact_bytes: int
+    peak_rss_mb: float
+    passed: bool
+    failure_message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_for(adapter, config: JobConfig):
+    """Exports the job's model in the variant the adapter compiles from."""
+    from dlcbench.models.export import ExportConfig, export_model
+
+    folded = adapter.source == "onnx-folded"
+    return export_model(
+        ExportConfig(
+            model=config.model, preset=config.preset, params=dict(config.params), batch=config.batch,
+            seed=config.seed, opset=config.opset, static=folded, fold=folded,
+        )
+    )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def run_job(config: JobConfig, progress=None) -> JobResult:
+    """Exports, compiles, checks and times one job; writes the artifact and ``result.json``.
+
+    A failed output check is returned (``passed=False``), not raised, so the
+    timing is still reported; every other problem raises a
+    :class:`dlcbench.errors.DlcbenchError`.
+    """
+    from dlcbench.compilers.base import artifact_size
+    from dlcbench.compilers.registry import get_adapter
+
+    say = progress or (lambda message: None)
+    adapter = get_adapter(config.backend)
+    adapter.require_available()
+    options = adapter.make_options(
+        target=config.target, precision=config.precision, threads=config.threads, batch=config.batch,
+        **config.backend_options,
+    )
+    say(f"exporting {config.model}")
+    t0 = time.perf_counter()
+    model = export_for(adapter, config)
+    export_seconds = time.perf_counter() - t0
+    if adapter.source == "keras" and model.keras_path is None:
+        raise BadInputError(f"backend {adapter.name} needs a Keras or TensorFlow model, not an .onnx file")
+    say(f"compiling with {adapter.name} ({config.target}, {config.precision})")
+    manifest = adapter.compile(model, options, config.out_dir)
+    if config.compile_only:
+        return _compile_only_result(config, manifest, model, export_seconds)
+    inputs = model.inputs()
+    reference = model.reference()
+    say("checking outputs")
+    with adapter.load(config.out_dir, threads=config.threads) as session:
+        outputs = session.run(inputs)
+        report = check_outputs(
+            outputs, reference, config.precision, parse_tolerance_overrides(config.tolerances),
+            classifier=model.meta.get("task") == "classifier",
+        )
+        say("timing")
+        session.prepare(inputs)
+        timing = measure(session.run_prepared, config.timing, batch=config.batch)
+        native = None
+        samples = session.native_time(inputs, repeat=max(config.timing.min_iters, 10))
+        if samples:
+            native = {"timer": session.native_timer_name, "samples_s": samples, "stats": statistics(samples, config.batch)}
+            native["host_over_native"] = timing.stats["median_ms"] / max(native["stats"]["median_ms"], 1e-12)
+    result = JobResult(
+        config={**asdict(config), "out_dir": str(config.out_dir)},
+        manifest=asdict(manifest),
+        model={"name": model.name, "reference_source": model.meta["reference_source"], "summary": model.meta["summary"],
+               "export_dir": str(model.directory), "cache_hit": model.cache_hit},
+        check=report.to_dict(),
+        timing=timing.to_dict(),
+        native_timing=native,
+        compile_seconds=manifest.compile_seconds,
+        export_seconds=round(export_seconds, 4),
+        artifact_bytes=artifact_size(config.out_dir),
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        passed=report.passed,
+        failure_message=one_line(report.failure_message(), 2000) if not report.passed else "",
+    )
+    (config.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return result
+
+
+def _compile_only_result(config: JobConfig, manifest, model, export_seconds: float) -> JobResult:
+    from dlcbench.compilers.base import artifact_size
+
+    result = JobResult(
+        config={**asdict(config), "out_dir": str(config.out_dir)}, manifest=asdict(manifest),
+        model={"name": model.name, "reference_source": model.meta["reference_source"], "summary": model.meta["summary"],
+               "export_dir": str(model.directory), "cache_hit": model.cache_hit},
+        check={}, timing={}, native_timing=None, compile_seconds=manifest.compile_seconds,
+        export_seconds=round(export_seconds, 4), artifact_bytes=artifact_size(config.out_dir),
+        peak_rss_mb=round(peak_rss_mb(), 1), passed=True,
+    )
+    # The sample inputs and reference travel with the artifact, so it can be checked where it runs.
+    shutil.copyfile(model.directory / "inputs.npz", config.out_dir / "inputs.npz")
+    shutil.copyfile(model.directory / "reference.npz", config.out_dir / "reference.npz")
+    (config.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return result
+
+
+def format_summary(result: JobResult) -> str:
+    """A short human summary of a job."""
+    if not result.timing:
+        extra = result.manifest.get("extra") or {}
+        archs = f"; device code: {', '.join(extra['device_code_archs'])}" if extra.get("device_code_archs") else ""
+        return (f"backend   {result.manifest['backend']} {result.manifest['backend_version']} "
+                f"({result.manifest['target']}, {result.manifest['precision']}, batch {result.manifest['batch']})\n"
+                f"compile   {result.compile_seconds:.2f} s; artifact {result.artifact_bytes / 1e6:.2f} MB{archs}\n"
+                f"check     skipped (--compile-only)")
+    stats = result.timing["stats"]
+    verdict = "PASS" if result.passed else "FAIL"
+    max_abs = max((o["metrics"].get("max_abs", 0.0) for o in result.check["outputs"]), default=0.0)
+    lines = [
+        f"backend   {result.manifest['backend']} {result.manifest['backend_version']} "
+        f"({result.manifest['target']}, {result.manifest['precision']}, batch {result.manifest['batch']})",
+        f"model     {result.model['name']} (reference: {result.model['reference_source']})",
+        f"compile   {result.compile_seconds:.2f} s; artifact {result.artifact_bytes / 1e6:.2f} MB",
+        f"check     {verdict}; max abs error {max_abs:.3g}",
+        f"latency   median {stats['median_ms']:.4f} ms, p90 {stats['p90_ms']:.4f} ms over {stats['count']} runs"
+        f" (cv {stats['cv'] * 100:.1f}%{', UNSTABLE' if stats['unstable'] else ''}); "
+        f"{stats['throughput_per_s']:.1f} items/s",
+    ]
+    if result.native_timing:
+        n = result.native_timing
+        lines.append(
+            f"native    {n['timer']}: median {n['stats']['median_ms']:.4f} ms (host/native {n['host_over_native']:.2f}x)"
+        )
+    if not result.passed:
+        lines.append(f"failure   {result.failure_message}")
+    return "\n".join(lines)

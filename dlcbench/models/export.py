@@ -1,0 +1,602 @@
+"""Keras -> ONNX export with validation, reference outputs and a content-addressed cache.
+
+The entry point is :func:`export_model`. TensorFlow and tf2onnx are imported
+only when an export actually has to run, never on a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlcbench.errors import BadInputError, ExportError, one_line
+from dlcbench.models.zoo import InputSpec, get_model, sample_inputs
+
+#: Bumped whenever the exported files change meaning, so old cache entries miss.
+EXPORT_FORMAT = 1
+DEFAULT_OPSET = 17
+MIN_OPSET, MAX_OPSET = 13, 18
+
+
+def default_cache_dir() -> Path:
+    """Returns the cache root: ``$DLCBENCH_CACHE`` or ``~/.cache/dlcbench``."""
+    return Path(os.environ.get("DLCBENCH_CACHE", Path.home() / ".cache" / "dlcbench"))
+
+
+@dataclass
+class ExportConfig:
+    """What to export.
+
+    Attributes:
+        model: A zoo name, or a path to a ``.keras`` file, a SavedModel directory or an ``.onnx`` file.
+        preset: Zoo size preset (``tiny`` or ``default``).
+        params: Overrides of the preset's parameters.
+        batch: Batch size of the sample inputs and reference outputs.
+        seed: Seed of the weights and the sample inputs.
+        opset: ONNX opset for tf2onnx.
+        static: Bake ``batch`` into the graph instead of a dynamic batch dimension.
+        fold: The TVM-friendly variant: static shapes plus constant folding (implies ``static``).
+        cache_dir: Cache root; defaults to :func:`default_cache_dir`.
+        force: Rebuild even if the cache has this export.
+    """
+
+    model: str
+    preset: str = "default"
+    params: dict[str, Any] = field(default_factory=dict)
+    batch: int = 1
+    seed: int = 0
+    opset: int = DEFAULT_OPSET
+    static: bool = False
+    fold: bool = False
+    cache_dir: Path | None = None
+    force: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.batch, int) or self.batch <= 0:
+            raise BadInputError(f"batch must be a positive integer, got {self.batch}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise BadInputError(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset}")
+        if self.fold:
+            self.static = True
+
+
+@dataclass
+class ExportedModel:
+    """An export on disk: ONNX graph, optional Keras model, sample inputs and reference outputs."""
+
+    directory: Path
+    meta: dict[str, Any]
+    cache_hit: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.directory / "model.onnx"
+
+    @property
+    def keras_path(self) -> Path | None:
+        """The Keras model (``model.keras`` or a SavedModel directory), if the source had one."""
+        rel = self.meta.get("keras")
+        return (self.directory / rel) if rel and not os.path.isabs(rel) else (Path(rel) if rel else None)
+
+    @property
+    def batch(self) -> int:
+        return self.meta["batch"]
+
+    @property
+    def input_specs(self) -> list[dict[str, Any]]:
+        return self.meta["inputs"]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.meta["outputs"]]
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """Returns the sample inputs the reference was computed on."""
+        with np.load(self.directory / "inputs.npz") as data:
+            return {k: data[k] for k in data.files}
+
+    def reference(self) -> dict[str, np.ndarray]:
+        """Returns the reference outputs (see ``meta['reference_source']``)."""
+        with np.load(self.directory / "reference.npz") as data:
+            return {k: data[k] for k in data.files}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("tensorflow", "tf2onnx", "onnx", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, or of every file under a directory (names included)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for item in files:
+        digest.update(str(item.relative_to(path) if path.is_dir() else item.name).encode())
+        with open(item, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _source_kind(model: str) -> str:
+    if model.endswith(".onnx"):
+        return "onnx"
+    if model.endswith(".keras"):
+        return "keras"
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise BadInputError(f"{model} is a directory but not a SavedModel (no saved_model.pb)")
+        return "savedmodel"
+    if os.sep in model or path.suffix:
+        if not path.exists():
+            raise BadInputError(f"model file not found: {model}")
+        raise BadInputError(f"unsupported model file {model}: expected .keras, .onnx or a SavedModel directory")
+    return "zoo"
+
+
+def _cache_key(cfg: ExportConfig, kind: str, params: dict[str, Any]) -> str:
+    ident: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "kind": kind,
+        "batch": cfg.batch,
+        "seed": cfg.seed,
+        "opset": cfg.opset,
+        "static": cfg.static,
+        "fold": cfg.fold,
+        "versions": _versions(),
+    }
+    if kind == "zoo":
+        ident.update(model=cfg.model, params=params)
+    else:
+        path = Path(cfg.model)
+        if not path.exists():
+            raise BadInputError(f"model file not found: {cfg.model}")
+        ident.update(model=path.name, digest=file_digest(path))
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def load_onnx(path: Path):
+    """Loads and fully checks an ONNX file; a missing or corrupt file is a :class:`BadInputError`."""
+    import onnx
+
+    if not Path(path).is_file():
+        raise BadInputError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # protobuf raises DecodeError and friends
+        raise BadInputError(f"{path} is not a valid ONNX file ({one_line(err, 120)})") from None
+    if not model.graph.node:
+        raise BadInputError(f"{path} is not a valid ONNX file (empty graph)")
+    check_onnx(model, str(path), BadInputError)
+    return model
+
+
+def check_onnx(model, label: str, error=ExportError) -> None:
+    """Runs ``onnx.checker.check_model(full_check=True)`` and rejects non-standard ops."""
+    import onnx
+
+    unknown = sorted(
+        {n.op_type for n in model.graph.node if not onnx.defs.has(n.op_type, n.domain)}
+    )
+    if unknown:
+        raise error(f"{label}: graph holds operators that are not standard ONNX: {', '.join(unknown)}")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:
+        raise error(f"{label}: ONNX checker rejected the model: {one_line(err, 200)}") from None
+
+
+def fix_erfc(model) -> int:
+    """Rewrites TF ``Erfc`` nodes that tf2onnx leaves behind as ``1 - Erf(x)``, in place.
+
+    Keras' exact GELU lowers to ``Erfc``; tf2onnx logs an error and keeps the
+    node, producing invalid ONNX. Returns the number of nodes rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    count = 0
+    nodes = []
+    one_name = "dlcbench_erfc_one"
+    for node in graph.node:
+        if node.op_type == "Erfc" and node.domain in ("", "ai.onnx"):
+            erf_out = f"{node.output[0]}__erf"
+            nodes.append(helper.make_node("Erf", [node.input[0]], [erf_out], name=f"{node.name}__erf"))
+            nodes.append(helper.make_node("Sub", [one_name, erf_out], list(node.output), name=f"{node.name}__sub"))
+            count += 1
+        else:
+            nodes.append(node)
+    if count:
+        graph.initializer.append(numpy_helper.from_array(np.array(1.0, dtype=np.float32), one_name))
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count
+
+
+def graph_inputs(model) -> list:
+    """The real inputs of an ONNX graph: old models also list initializers as inputs."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+_ONNX_TO_NUMPY = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool", 3: "int8", 2: "uint8"}
+
+
+def onnx_input_specs(model) -> list[InputSpec]:
+    """Input specs (batch dimension dropped) from an ONNX graph; other symbolic dims become 1."""
+    specs = []
+    for value in graph_inputs(model):
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
+        dtype = _ONNX_TO_NUMPY.get(tensor.elem_type)
+        if dtype is None:
+            raise BadInputError(f"input {value.name} has an unsupported element type {tensor.elem_type}")
+        specs.append(InputSpec(value.name, tuple(dims[1:]), dtype, high=10))
+    return specs
+
+
+def set_batch(model, batch: int) -> None:
+    """Fixes the leading dimension of every graph input and output to ``batch``, in place."""
+    for value in [*graph_inputs(model), *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_value = batch
+
+
+def run_onnxruntime(path: Path, inputs: dict[str, np.ndarray], threads: int = 0) -> dict[str, np.ndarray]:
+    """Runs an ONNX file on ONNX Runtime's CPU provider; returns outputs by name."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, inputs)))
+    except Exception as err:
+        raise ExportError(f"ONNX Runtime cannot run {Path(path).name}: {one_line(err, 300)}") from None
+
+
+def fold_constants(src: Path, dst: Path) -> None:
+    """Constant-folds a static-shape ONNX file with ONNX Runtime's basic (standard-op) optimizer."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    try:
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise ExportError(f"constant folding with ONNX Runtime failed: {one_line(err, 300)}") from None
+
+
+def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) -> None:
+    for name, expected in a.items():
+        got = b[name]
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
+            err = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.shape == expected.shape else "shape"
+            raise ExportError(f"{what} changed output {name} (max abs diff {err})")
+
+
+# --------------------------------------------------------------------------- Keras / TF side
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+def _keras_io(model) -> tuple[list[InputSpec], list[str]]:
+    specs = []
+    for tensor in model.inputs:
+        dtype = str(np.dtype(tensor.dtype))
+        name = tensor.name.split(":")[0]
+        specs.append(InputSpec(name, tuple(int(d) for d in tensor.shape[1:]), dtype, high=10))
+    names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
+    return specs, names
+
+
+def _keras_to_onnx(model, specs, output_names, cfg: ExportConfig):
+    """Converts a Keras model through a named tf.function; returns the ONNX model proto."""
+    tf = _quiet_tensorflow()
+    import tf2onnx
+
+    batch = cfg.batch if cfg.static else None
+    signature = [tf.TensorSpec(s.with_batch(batch), tf.as_dtype(s.dtype), name=s.name) for s in specs]
+
+    @tf.function(input_signature=signature)
+    def serve(*args):
+        outs = model(list(args) if len(args) > 1 else args[0], training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        return {name: tf.identity(t) for name, t in zip(output_names, outs)}
+
+    return _convert_function(serve, cfg)
+
+
+def _convert_function(func, cfg: ExportConfig):
+    import logging
+
+    import tf2onnx
+
+    # tf2onnx logs unconverted ops (Erfc) as errors and carries on; fix_erfc and
+    # check_onnx handle them, failing loudly on anything still non-standard.
+    logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
+
+    try:
+        model_proto, _ = tf2onnx.convert.from_function(func, input_signature=func.input_signature, opset=cfg.opset)
+    except Exception as err:
+        raise ExportError(f"tf2onnx failed: {one_line(err, 300)}") from None
+    return model_proto
+
+
+def _savedmodel_function(path: Path, cfg: ExportConfig):
+    tf = _quiet_tensorflow()
+    try:
+        loaded = tf.saved_model.load(str(path))
+        sig = loaded.signatures["serving_default"]
+    except Exception as err:
+        raise BadInputError(f"cannot load SavedModel {path}: {one_line(err, 200)}") from None
+    kwargs = sig.structured_input_signature[1]
+    names = sorted(kwargs)
+    specs = [
+        InputSpec(n, tuple(int(d or 1) for d in kwargs[n].shape[1:]), kwargs[n].dtype.name, high=10) for n in names
+    ]
+    batch = cfg.batch if cfg.static else None
+    signature = [tf.TensorSpec(s.with_batch(batch), kwargs[s.name].dtype, name=s.name) for s in specs]
+
+    @tf.function(input_signature=signature)
+    def serve(*args):
+        return sig(**dict(zip(names, args)))
+
+    output_names = sorted(sig.structured_outputs)
+    return loaded, serve, specs, output_names
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def export_model(cfg: ExportConfig) -> ExportedModel:
+    """Exports a zoo model or a user's model file to ONNX, with reference outputs.
+
+    A cached export with the same key (model, params, seed, opset, shape mode,
+    variant, batch and the TensorFlow/tf2onnx/onnx versions) is returned without
+    importing TensorFlow unless ``cfg.force`` is set.
+
+    Raises:
+        BadInputError: unknown model, invalid parameter, missing/corrupt file.
+        ExportError: the converter failed or produced invalid ONNX.
+    """
+    kind = _source_kind(cfg.model)
+    params: dict[str, Any] = {}
+    spec = None
+    if kind == "zoo":
+        spec = get_model(cfg.model)
+        params = spec.resolve_params(cfg.preset, cfg.params)
+    elif cfg.params:
+        raise BadInputError("model parameters apply only to zoo models, not to a model file")
+    key = _cache_key(cfg, kind, params)
+    root = Path(cfg.cache_dir or default_cache_dir()) / "exports"
+    name = cfg.model if kind == "zoo" else Path(cfg.model).stem
+    final = root / f"{name}-{key[:16]}"
+    if (final / "meta.json").is_file() and not cfg.force:
+        return ExportedModel(final, json.loads((final / "meta.json").read_text()), cache_hit=True)
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    except OSError as err:
+        raise BadInputError(f"cannot write to cache {root}: {err.strerror}") from None
+    try:
+        meta = _export_into(tmp, cfg, kind, spec, params)
+        meta.update(name=name, cache_key=key, versions=_versions(), kind=kind, preset=cfg.preset if spec else None)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(tmp, final)  # atomic: readers see the whole directory or none of it
+        except OSError:
+            if not (final / "meta.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ExportedModel(final, json.loads((final / "meta.json").read_text()), cache_hit=False)
+
+
+def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[str, Any]:
+    import onnx
+
+    task = spec.task if spec else "generic"
+    keras_rel: str | None = None
+    if kind == "onnx":
+        model_proto = load_onnx(Path(cfg.model))
+        specs = onnx_input_specs(model_proto)
+        if cfg.static:
+            set_batch(model_proto, cfg.batch)
+        inputs = sample_inputs(specs, cfg.batch, cfg.seed)
+        reference_source = "onnxruntime"
+        reference = None
+    elif kind == "savedmodel":
+        loaded, serve, specs, output_names = _savedmodel_function(Path(cfg.model), cfg)
+        inputs = sample_inputs(specs, cfg.batch, cfg.seed)
+        reference = {k: np.asarray(v) for k, v in serve(*[inputs[s.name] for s in specs]).items()}
+        model_proto = _convert_function(serve, cfg)
+        keras_rel = str(Path(cfg.model).resolve())
+        reference_source = "tensorflow"
+    else:
+        _quiet_tensorflow()
+        import keras
+
+        import dlcbench.models.layers  # noqa: F401  (registers custom layers for loading)
+
+        if kind == "keras":
+            if not Path(cfg.model).is_file():
+                raise BadInputError(f"model file not found: {cfg.model}")
+            try:
+                model = keras.saving.load_model(cfg.model)
+            except Exception as err:
+                raise BadInputError(f"cannot load Keras model {cfg.model}: {one_line(err, 200)}") from None
+            specs, output_names = _keras_io(model)
+        else:
+            model = spec.build(params, seed=cfg.seed)
+            specs = spec.input_specs(params)
+            _, output_names = _keras_io(model)
+        inputs = sample_inputs(specs, cfg.batch, cfg.seed)
+        feed = [inputs[s.name] for s in specs]
+        outs = model(feed if len(feed) > 1 else feed[0], training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        reference = {n: np.asarray(t) for n, t in zip(output_names, outs)}
+        model_proto = _keras_to_onnx(model, specs, output_names, cfg)
+        model.save(out / "model.keras")
+        keras_rel = "model.keras"
+        reference_source = "keras"
+
+    if kind != "onnx":
+        fixed = fix_erfc(model_proto)
+    else:
+        fixed = 0
+    check_onnx(model_proto, f"export of {cfg.model}")
+    raw = out / "model.onnx"
+    onnx.save(model_proto, str(raw))
+
+    if reference is None:
+        reference = run_onnxruntime(raw, inputs)
+    else:
+        # The export must reproduce the framework: a converter bug shows here, not in a backend.
+        exported = run_onnxruntime(raw, inputs)
+        _assert_same(reference, exported, "tf2onnx conversion")
+
+    folded = False
+    if cfg.fold:
+        tmp_folded = out / "folded.onnx"
+        fold_constants(raw, tmp_folded)
+        folded_proto = onnx.load(str(tmp_folded))
+        check_onnx(folded_proto, f"folded export of {cfg.model}")
+        _assert_same(run_onnxruntime(raw, inputs), run_onnxruntime(tmp_folded, inputs), "constant folding")
+        os.replace(tmp_folded, raw)
+        model_proto = folded_proto
+        folded = True
+
+    np.savez(out / "inputs.npz", **inputs)
+    np.savez(out / "reference.npz", **reference)
+    from dlcbench.models.summary import summarize_onnx
+
+    static_copy = onnx.ModelProto()
+    static_copy.CopyFrom(model_proto)
+    set_batch(static_copy, cfg.batch)
+    return {
+        "source": cfg.model if kind == "zoo" else str(Path(cfg.model).resolve()),
+        "params": params,
+        "seed": cfg.seed,
+        "batch": cfg.batch,
+        "opset": cfg.opset,
+        "static": cfg.static,
+        "folded": folded,
+        "task": task,
+        "keras": keras_rel,
+        "erfc_rewritten": fixed,
+        "reference_source": reference_source,
+        "inputs": [
+            {"name": s.name, "shape": list(s.with_batch(cfg.batch if cfg.static else None)), "dtype": s.dtype}
+            for s in specs
+        ],
+        "outputs": [
+            {"name": n, "shape": list(v.shape), "dtype": str(v.dtype)} for n, v in reference.items()
+        ],
+        "summary": summarize_onnx(static_copy),
+    }
+
+
+def wrap_onnx(onnx_model, directory: Path, name: str, inputs: dict[str, np.ndarray] | None = None,
+              reference: dict[str, np.ndarray] | None = None, fixed_shapes: bool = True,
+              reference_source: str = "given") -> ExportedModel:
+    """Wraps an ONNX model (path or ``ModelProto``) that needs no export as an :class:`ExportedModel`.
+
+    For ONNX files that come with their own inputs and expected outputs (the
+    ONNX operator tests, a user's test vectors): writes ``model.onnx`` and
+    ``meta.json`` into ``directory`` (plus ``inputs.npz``/``reference.npz`` when
+    given) without running anything. Shapes are taken from the graph; with
+    ``fixed_shapes`` adapters build for exactly those shapes instead of setting
+    the leading dimension to the batch size (see ``Adapter.input_shapes``).
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_model)) if isinstance(onnx_model, (str, Path)) else onnx_model
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(directory / "model.onnx"))
+
+    def spec(value) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        if not value.type.HasField("tensor_type"):
+            raise BadInputError(f"{name}: {value.name} is not a tensor ({value.type.WhichOneof('value')})")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        try:
+            dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
+        except Exception:
+            dtype = f"onnx:{tensor.elem_type}"
+        return {"name": value.name, "shape": dims, "dtype": dtype}
+
+    input_specs = [spec(v) for v in graph_inputs(model)]
+    if inputs:
+        input_specs = [dict(s, shape=list(np.shape(inputs[s["name"]]))) if s["name"] in inputs else s
+                       for s in input_specs]
+    output_specs = [spec(v) for v in model.graph.output]
+    if reference:
+        output_specs = [dict(s, shape=list(np.shape(reference[s["name"]]))) if s["name"] in reference else s
+                        for s in output_specs]
+    first = input_specs[0]["shape"] if input_specs else []
+    meta = {
+        "name": name, "source": str(onnx_model) if isinstance(onnx_model, (str, Path)) else name, "kind": "onnx",
+        "batch": first[0] if first and first[0] else 1, "opset": max((o.version for o in model.opset_import
+                                                                     if o.domain in ("", "ai.onnx")), default=None),
+        "static": True, "folded": False, "task": "generic", "keras": None, "reference_source": reference_source,
+        "fixed_shapes": bool(fixed_shapes), "inputs": input_specs, "outputs": output_specs, "summary": {},
+        "onnx_sha256": file_digest(directory / "model.onnx"),
+    }
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    for file, arrays in (("inputs.npz", inputs), ("reference.npz", reference)):
+        if arrays is not None:
+            try:
+                np.savez(directory / file, **arrays)
+            except Exception:  # dtypes numpy cannot store (strings of objects, some ml_dtypes): keep them in memory
+                (directory / file).unlink(missing_ok=True)
+    return ExportedModel(directory, meta)
+
+
+def export_from_dict(values: dict[str, Any]) -> ExportedModel:
+    """Convenience for subprocesses: ``export_model(ExportConfig(**values))``."""
+    return export_model(ExportConfig(**values))
+
+
+__all__ = ["ExportConfig", "ExportedModel", "export_model", "wrap_onnx", "default_cache_dir", "load_onnx", "fix_erfc", "asdict"]

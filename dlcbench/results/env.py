@@ -1,0 +1,145 @@
+"""The environment record stored with every result: machine, software, git revision, measured peak."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi",
+            "tensorrt", "openvino", "torch", "onnx2torch", "xgboost-cpu")
+_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "sve")
+
+
+def _cpu() -> dict:
+    info = {"model": platform.processor() or platform.machine(), "flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            info["model"] = value.strip()
+        elif key.strip() in ("flags", "Features"):
+            present = set(value.split())
+            info["flags"] = [f for f in _FLAGS if f in present]
+            break
+    return info
+
+
+def _memory_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _gpu() -> list[dict]:
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [dict(zip(("name", "driver", "memory"), (p.strip() for p in line.split(",")))) for line in out.splitlines() if line.strip()]
+
+
+def git_revision() -> str | None:
+    """The project's git revision (with ``-dirty``), or None outside a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if rev.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that matter for results."""
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+_PEAK_CODE = """
+import sys, time, numpy as np
+n = int(sys.argv[1]); a = np.random.default_rng(0).random((n, n), dtype=np.float32); b = a.copy()
+a @ b; best = float('inf')
+for _ in range(5):
+    t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
+print(2 * n ** 3 / best / 1e9)
+"""
+
+
+def measure_peak_gflops(threads: int, n: int = 1024) -> float | None:
+    """Measured fp32 matmul GFLOP/s with ``threads`` BLAS threads (the roofline's compute roof)."""
+    env = {**os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+    try:
+        out = subprocess.run([sys.executable, "-c", _PEAK_CODE, str(n)], capture_output=True, text=True, env=env, timeout=120)
+        return round(float(out.stdout.strip()), 1)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+_BANDWIDTH_CODE = """
+import time, numpy as np
+a = np.ones(64 * 2**20 // 4, np.float32); b = np.empty_like(a); np.copyto(b, a); best = float('inf')
+for _ in range(5):
+    t = time.perf_counter(); np.copyto(b, a); best = min(best, time.perf_counter() - t)
+print(2 * a.nbytes / best / 1e9)
+"""
+
+
+def measure_bandwidth_gbs() -> float | None:
+    """Measured memory bandwidth (GB/s, read + write of a 64 MiB copy): the roofline's memory roof."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _BANDWIDTH_CODE], capture_output=True, text=True, timeout=120)
+        return round(float(out.stdout.strip()), 1)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def environment(threads: int | None = None, peak: bool = True) -> dict:
+    """Collects the environment record; ``peak`` also runs the matmul micro-benchmark."""
+    record = {
+        "hostname": platform.node(),
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "gpus": _gpu(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "git_revision": git_revision(),
+        "collected": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if peak:
+        record["peak_gflops"] = measure_peak_gflops(threads or os.cpu_count() or 1)
+        record["peak_threads"] = threads or os.cpu_count()
+        record["peak_bandwidth_gbs"] = measure_bandwidth_gbs()
+    return record
+
+
+if __name__ == "__main__":
+    print(json.dumps(environment(), indent=2))

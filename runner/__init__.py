@@ -1,1 +1,0 @@
-"""The common runner: output checks, fair timing, isolation, results store and reports."""

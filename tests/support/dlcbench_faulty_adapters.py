@@ -1,0 +1,53 @@
+"""Adapters that misbehave on purpose, registered for tests through ``$DLCBENCH_BACKENDS``."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from dlcbench.compilers.ort_adapter import OnnxRuntimeAdapter
+
+
+class AbortAdapter(OnnxRuntimeAdapter):
+    """Kills its own process (SIGABRT) while compiling."""
+
+    name = "abort"
+
+    def _compile(self, model, options, out_dir):
+        os.abort()
+
+
+class HangAdapter(OnnxRuntimeAdapter):
+    """Never finishes compiling."""
+
+    name = "hang"
+
+    def _compile(self, model, options, out_dir):
+        time.sleep(3600)
+
+
+class RaiseAdapter(OnnxRuntimeAdapter):
+    """Raises an unclassified exception while compiling."""
+
+    name = "raise"
+
+    def _compile(self, model, options, out_dir):
+        raise RuntimeError("boom from RaiseAdapter")
+
+
+class WrongAdapter(OnnxRuntimeAdapter):
+    """Compiles fine but returns outputs off by one."""
+
+    name = "wrong"
+
+    def _load(self, artifact_dir, manifest, threads):
+        session = super()._load(artifact_dir, manifest, threads)
+        run = session.run
+        session.run = lambda inputs: {k: v + 1.0 for k, v in run(inputs).items()}
+        return session
+
+
+REGISTRATION = ",".join(
+    f"{cls.name}=dlcbench_faulty_adapters:{cls.__name__}"
+    for cls in (AbortAdapter, HangAdapter, RaiseAdapter, WrongAdapter)
+)
