@@ -9,12 +9,10 @@ or prints.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlcbench.errors import BadInputError, ExitCode, run_cli  # noqa: E402
+from dlcbench.errors import BadInputError, ExitCode, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from dlcbench.errors import DlcbenchError, one_line, run_cli  # noqa: E402
+from dlcbench.errors import DlcbenchError, one_line, run_cli
 
 BASELINES = ("onnxruntime", "tensorflow", "xla")
 

@@ -25,7 +25,6 @@ import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from dlcbench.config import cache_dir
 from dlcbench.errors import BadInputError, DlcbenchError, UnsupportedOpError, one_line
+from dlcbench.orchestrate.launcher import (
+    become_worker, classify_exit, end_group, owned_mkdtemp, remove_owned, start_worker,
+)
 
 STATUSES = ("pass", "wrong_result", "unsupported", "error", "crash", "timeout", "skipped")
 #: ONNX's backend test runner compares with these (every node test uses the defaults).
@@ -73,9 +76,7 @@ def onnx_version() -> str:
 
 
 def default_data_dir() -> Path:
-    from dlcbench.models.export import default_cache_dir
-
-    return Path(default_cache_dir()) / "onnx-node-tests" / f"onnx-{onnx_version()}"
+    return cache_dir() / "onnx-node-tests" / f"onnx-{onnx_version()}"
 
 
 def _write_value(path: Path, value, type_proto, name: str) -> None:
@@ -339,7 +340,7 @@ def run_node_test(adapter, test_dir: Path, scratch: Path, threads: int = 1) -> d
                                               f"{message[refusal.start():][:240]}")
             return outcome("error", f"compile: {message}")
         try:
-            with adapter.load(work / "artifact", threads=threads) as session:
+            with adapter.load(work / "artifact") as session:
                 outputs = session.run(inputs)
         except UnsupportedOpError as err:
             return outcome("unsupported", str(err))
@@ -387,7 +388,12 @@ class _WorkerGone(Exception):
 
 
 class Worker:
-    """One worker process for one backend; restarted after a crash or a timeout."""
+    """One worker process for one backend (a :mod:`dlcbench.orchestrate.launcher` worker speaking JSON lines);
+    restarted after a crash or a timeout.
+
+    Start, run and stop it from one thread (the worker dies with the thread that started it); :meth:`close`
+    may come from any thread.
+    """
 
     def __init__(self, backend: str, threads: int, scratch: Path, startup_timeout: float = 300.0):
         self.backend, self.threads, self.scratch = backend, threads, Path(scratch)
@@ -395,18 +401,23 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         self.version: str | None = None
         self.log_path = self.scratch / f"{backend}-worker.log"
+        self.closed = False
         self._buf = b""
 
     def start(self) -> dict[str, Any]:
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        if self.closed:
+            return {"ready": False, "reason": "closed"}
+        (self.scratch / "tmp").mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dlcbench.coverage", "--worker", self.backend, "--threads", str(self.threads),
-             "--scratch", str(self.scratch / "work")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True, env=env,
-        )
-        log.close()
+        env = {"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(self.scratch / "tmp")}
+        try:
+            self.proc = start_worker(
+                ["-m", "dlcbench.coverage", "--worker", self.backend, "--threads", str(self.threads),
+                 "--scratch", str(self.scratch / "work")],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            )
+        finally:
+            log.close()
         self._buf = b""
         try:
             hello = self._readline(self.startup_timeout)
@@ -444,16 +455,18 @@ class Worker:
         return one_line(" | ".join(lines[-4:]), chars)
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc:
-            self.proc.wait()
-        self.proc = None
+        """Ends the worker's process group at once."""
+        proc, self.proc = self.proc, None
+        if proc:
+            end_group(proc, grace_s=0)
+            for pipe in (proc.stdin, proc.stdout):
+                try:
+                    pipe.close()
+                except (OSError, ValueError):
+                    pass
 
     def stop(self) -> None:
+        """Lets the worker finish (end of its input), then ends its group."""
         if self.proc and self.proc.poll() is None:
             try:
                 self.proc.stdin.close()
@@ -461,6 +474,13 @@ class Worker:
             except (OSError, subprocess.TimeoutExpired):
                 pass
         self.kill()
+
+    def close(self) -> None:
+        """From any thread: ends the worker now and keeps it from restarting."""
+        self.closed = True
+        proc = self.proc
+        if proc:
+            end_group(proc, grace_s=0)
 
     def run(self, test: NodeTest, timeout: float) -> dict[str, Any]:
         """Runs one test; a hang or a dead worker becomes a ``timeout`` or ``crash`` row and the worker restarts."""
@@ -479,10 +499,9 @@ class Worker:
                     "seconds": round(time.perf_counter() - start, 3)}
         except (_WorkerGone, BrokenPipeError, OSError):
             code = self.proc.wait() if self.proc else None
-            how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}")
             tail = self.log_tail()
             self.kill()
-            return {"status": "crash", "message": f"worker died ({how}). {tail}".strip(),
+            return {"status": "crash", "message": f"worker {classify_exit(code).message}. {tail}".strip(),
                     "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -564,8 +583,8 @@ def onnx_backends(names: list[str] | None = None, say: Callable[[str], None] = l
     return chosen
 
 
-def _backend_thread(backend: str, tests: list[NodeTest], config: CoverageConfig, scratch: Path, out: Queue) -> None:
-    worker = Worker(backend, config.threads, scratch / backend)
+def _backend_thread(worker: Worker, tests: list[NodeTest], config: CoverageConfig, out: Queue) -> None:
+    backend = worker.backend
     try:
         hello = worker.start()
         if not hello.get("ready"):
@@ -573,6 +592,8 @@ def _backend_thread(backend: str, tests: list[NodeTest], config: CoverageConfig,
                 out.put((backend, None, test, {"status": "error", "message": f"backend unusable: {hello.get('reason')}"}))
             return
         for test in tests:
+            if worker.closed:
+                break
             row = worker.run(test, config.timeout_s)
             out.put((backend, worker.version, test, row))
     except BaseException as err:  # never leave the parent waiting
@@ -609,8 +630,9 @@ def run_coverage(config: CoverageConfig, progress: Callable[[str], None] | None 
             if len(todo[backend]) < len(tests):
                 say(f"{backend}: {len(tests) - len(todo[backend])} tests already recorded (--force reruns them)")
         queue: Queue = Queue()
-        scratch = Path(tempfile.mkdtemp(prefix="dlcbench-coverage-"))
+        scratch = owned_mkdtemp("dlcbench-coverage-")
         pending = [b for b in backends if todo[b]]
+        workers: list[Worker] = []
         active, finished, counts = 0, 0, Counter()
         total = sum(len(todo[b]) for b in backends)
         started = time.perf_counter()
@@ -618,8 +640,9 @@ def run_coverage(config: CoverageConfig, progress: Callable[[str], None] | None 
             while pending or active:
                 while pending and active < config.jobs:
                     backend = pending.pop(0)
+                    workers.append(Worker(backend, config.threads, scratch / backend))
                     threading.Thread(target=_backend_thread, daemon=True,
-                                     args=(backend, todo[backend], config, scratch, queue)).start()
+                                     args=(workers[-1], todo[backend], config, queue)).start()
                     active += 1
                 backend, version, test, row = queue.get()
                 if row is None:  # that backend's thread is done
@@ -638,7 +661,9 @@ def run_coverage(config: CoverageConfig, progress: Callable[[str], None] | None 
                     say(f"[{finished}/{total}] {time.perf_counter() - started:.0f} s "
                         f"{dict(sorted(counts.items()))}{note}")
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            for worker in workers:  # on an interrupt, before their directories go
+                worker.close()
+            remove_owned(scratch)
         names = {t.name for t in tests}
         rows = [r for r in store.coverage(config.run) if r["test"] in names and r["backend"] in backends]
     summary = summarize(rows, backends)
@@ -681,7 +706,7 @@ def _op_label(row: dict[str, Any]) -> str:
     return f"{row['domain']}.{row['op']}" if row["domain"] not in ("", "ai.onnx") else row["op"]
 
 
-def format_summary(summary: dict[str, dict[str, Any]]) -> str:
+def format_coverage_summary(summary: dict[str, dict[str, Any]]) -> str:
     lines = []
     for backend, s in summary.items():
         t = s["tests"]
@@ -813,8 +838,10 @@ def render_markdown(rows: list[dict[str, Any]], backends: list[str], config: Cov
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m dlcbench.coverage --worker BACKEND ...``: a coverage worker (started by :class:`Worker`)."""
     import argparse
 
+    become_worker()
     parser = argparse.ArgumentParser(prog="python -m dlcbench.coverage")
     parser.add_argument("--worker", required=True)
     parser.add_argument("--threads", type=int, default=1)

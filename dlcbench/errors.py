@@ -6,7 +6,9 @@ Library code raises these; only the scripts catch them (see :func:`run_cli`).
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import traceback
 from typing import Callable
 
 
@@ -20,8 +22,10 @@ class ExitCode:
     BACKEND_ERROR = 4
     UNSUPPORTED_OP = 5
     EXPORT_ERROR = 6
-    TIMEOUT = 7
+    JOB_DIED = 7
+    JOBS_FAILED = 8
     INTERRUPTED = 130
+    TERMINATED = 143
 
     DESCRIPTIONS = {
         OK: "success",
@@ -31,8 +35,10 @@ class ExitCode:
         BACKEND_ERROR: "backend failed to compile or run",
         UNSUPPORTED_OP: "model uses an operator the backend does not support",
         EXPORT_ERROR: "model could not be exported to ONNX",
-        TIMEOUT: "a job crashed or timed out",
-        INTERRUPTED: "interrupted",
+        JOB_DIED: "a job crashed or timed out",
+        JOBS_FAILED: "an experiment finished with failed jobs; they are in the database",
+        INTERRUPTED: "interrupted (SIGINT, Ctrl-C)",
+        TERMINATED: "terminated (SIGTERM)",
     }
 
     @classmethod
@@ -95,25 +101,32 @@ class BackendRuntimeError(DlcbenchError):
     category = "runtime_error"
 
 
-class CheckFailedError(DlcbenchError):
-    """Backend outputs did not match the reference within tolerance."""
-
-    exit_code = ExitCode.CHECK_FAILED
-    category = "accuracy_fail"
-
-
 class JobTimeoutError(DlcbenchError):
     """An isolated job exceeded its time limit."""
 
-    exit_code = ExitCode.TIMEOUT
+    exit_code = ExitCode.JOB_DIED
     category = "timeout"
 
 
 class JobCrashError(DlcbenchError):
     """An isolated job's process died (signal, abort, out of memory)."""
 
-    exit_code = ExitCode.TIMEOUT
+    exit_code = ExitCode.JOB_DIED
     category = "crash"
+
+
+class Terminated(BaseException):
+    """This process received SIGTERM (raised by :func:`run_cli`'s handler).
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that ``except Exception`` in library code does not
+    swallow it and ``finally`` blocks (which end worker processes, remove temporary files) still run.
+    """
+
+    exit_code = ExitCode.TERMINATED
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -123,18 +136,31 @@ def one_line(text: str, limit: int = 400) -> str:
 
 
 def run_cli(main: Callable[[], int]) -> None:
-    """Runs a script's ``main`` and exits with its code; errors become one line on stderr."""
+    """Runs a script's ``main`` and exits with its code; errors become one line on stderr.
+
+    With ``DLCBENCH_DEBUG=1`` the traceback is printed above that line; the exit code stays the same.
+    SIGINT (Ctrl-C) exits with :attr:`ExitCode.INTERRUPTED`, SIGTERM with :attr:`ExitCode.TERMINATED`, each
+    after the ``finally`` blocks on the way out have ended this process's workers.
+    """
+    debug = bool(os.environ.get("DLCBENCH_DEBUG"))
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = main()
     except DlcbenchError as err:
+        if debug:
+            traceback.print_exc()
         print(f"error: {one_line(err)}", file=sys.stderr)
         code = err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         code = ExitCode.INTERRUPTED
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        code = ExitCode.TERMINATED
     except Exception as err:  # last resort: still one line; DLCBENCH_DEBUG=1 shows the traceback
-        if os.environ.get("DLCBENCH_DEBUG"):
-            raise
-        print(f"error: unexpected {type(err).__name__}: {one_line(err)} (DLCBENCH_DEBUG=1 for details)", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (DLCBENCH_DEBUG=1 for details)"
+        print(f"error: unexpected {type(err).__name__}: {one_line(err)}{hint}", file=sys.stderr)
         code = ExitCode.BACKEND_ERROR
     sys.exit(code or 0)

@@ -99,11 +99,10 @@ class MyBackendAdapter(Adapter):
         # Every file the artifact needs, by role; target_detail and extra go into the manifest too.
         return {"files": {"model": "model.onnx"}, "target_detail": {"device": "cpu"}, "extra": {}}
 
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
         from onnx.reference import ReferenceEvaluator
 
-        # Everything needed is in artifact_dir and the manifest (options included); threads overrides
-        # manifest.options["threads"] when given.
+        # Everything needed is in artifact_dir and the manifest (options included: manifest.threads).
         try:
             runner = ReferenceEvaluator(str(artifact_dir / manifest.files["model"]),
                                         check_shape_annotations=bool(manifest.options.get("strict", False)))

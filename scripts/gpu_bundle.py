@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Build a self-contained bundle of TVM artifacts to run, check and time on a GPU machine that has no TVM (same as ``dlcbench bundle``)."""
+"""Build a self-contained bundle of TVM artifacts to run, check and time on a machine that has no TVM (same as ``dlcbench bundle``; the old name of ``scripts/bundle.py``)."""
 
-from dlcbench.cli.gpu_bundle import cli
+from dlcbench.cli.bundle import cli
 
 if __name__ == "__main__":
     cli()

@@ -18,7 +18,7 @@ COMMANDS = {
     "report": ("report", "Markdown report, plots and exports of an experiment"),
     "tune": ("tune", "tune a model with TVM MetaSchedule"),
     "coverage": ("coverage", "ONNX operator coverage of every backend"),
-    "bundle": ("gpu_bundle", "build a self-contained bundle of TVM artifacts for a machine without TVM"),
+    "bundle": ("bundle", "build a self-contained bundle of TVM artifacts for a machine without TVM"),
     "import-results": ("import_results", "load a bundle's results JSON into the results database"),
     "models": ("models", "list the zoo or export a model to ONNX"),
 }

@@ -1,6 +1,7 @@
 """Compile a model with one backend, check its outputs against the reference and time it.
 
-Thin CLI: builds one :class:`dlcbench.measure.job.JobConfig` and calls :func:`dlcbench.measure.job.run_job`.
+Thin CLI: builds one :class:`dlcbench.measure.job.JobConfig` and runs :func:`dlcbench.measure.job.run_job` in a
+child process (:func:`dlcbench.orchestrate.launcher.run_supervised`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ from pathlib import Path
 
 
 from dlcbench.cli.common import parse_params
+from dlcbench import jsonio
 from dlcbench.errors import BadInputError, ExitCode, run_cli
+from dlcbench.quiet import set_verbose
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dlcbench compile",
-        description="Export (cached), compile, check against the reference, and time one model on one backend.",
+        description="Export (cached), compile, check against the reference, and time one model on one backend."
+                    " The job runs in a child process: a crash there is reported as one error line (exit 7),"
+                    " its output (stdout included) goes to stderr, and stdout carries only the summary or --json.",
         epilog=ExitCode.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -27,25 +32,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", help="tvm, trt, onnxruntime, tensorflow, xla, tftrt, or a plugin's name")
     parser.add_argument("--model", help="zoo name (mlp, cnn, resnet50, mobilenetv2, bert, gpt) or .keras/.onnx/SavedModel path")
     parser.add_argument("--preset", default="default", help="zoo size preset: tiny or default (default: default)")
-    parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="override a zoo parameter")
+    parser.add_argument("--param", action="append", metavar="KEY=VALUE",
+                        help="override a zoo parameter (VALUE is JSON, of the type of the preset's value)")
     parser.add_argument("--target", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--precision", default="fp32", help="fp32, fp16, bf16 or int8 (default: fp32)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for the backend")
-    parser.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option, e.g. opt_level=basic")
-    parser.add_argument("--tolerance", action="append", metavar="[OUT:]abs=X,rel=Y,cosine=Z", help="override tolerances")
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="backend option, e.g. opt_level=basic (typed as the backend's Options field; target, "
+                             "precision, threads and batch have their own flags)")
+    parser.add_argument("--tolerance", action="append", metavar="[OUT:]abs=X,rel=Y,cosine=Z",
+                        help="override tolerances, of every output or of output OUT (one the model has)")
     parser.add_argument("--warmup", type=int, default=10, help="minimum warm-up runs (default: 10)")
     parser.add_argument("--min-iters", type=int, default=20, help="minimum timed runs (default: 20)")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds (default: 1.0)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="artifact directory (default: out/MODEL-BACKEND-...)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="artifact directory (default: out/MODEL-BACKEND-...); an existing one is replaced only if "
+                             "it is empty or an earlier artifact")
+    parser.add_argument("--force-export", action="store_true", help="rebuild the model's export cache entry")
     tuning = parser.add_argument_group("TVM tuning (MetaSchedule, AutoTVM's successor)")
     tuning.add_argument("--tune-trials", type=int, default=None, help="measured trials for this model")
     tuning.add_argument("--tune-minutes", type=float, default=None, help="time budget; stops cleanly with the best so far")
     tuning.add_argument("--tuning-db", default=None, help="database directory to use/export (default: one per target)")
     parser.add_argument("--compile-only", action="store_true",
                         help="write the artifact (with inputs and reference) without running it, e.g. --target cuda here")
-    parser.add_argument("--json", action="store_true", help="print the result JSON instead of the summary")
+    parser.add_argument("--json", action="store_true", help="print the result JSON (only it, on stdout) instead of the summary")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show third-party start-up logs (TensorFlow's absl/oneDNN/CUDA lines); "
+                             "same as DLCBENCH_VERBOSE=1")
     return parser
 
 
@@ -64,6 +79,8 @@ def list_backends() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        set_verbose()
     if args.list_backends:
         return list_backends()
     if not args.backend or not args.model:
@@ -74,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.backend != "tvm":
                 raise BadInputError(f"--{flag.replace('_', '-')} applies to --backend tvm only")
             backend_options[key] = getattr(args, flag)
-    from dlcbench.measure.job import JobConfig, format_summary, run_job
+    from dlcbench.measure.job import JobConfig
     from dlcbench.measure.timing import TimingConfig
 
     config = JobConfig(
@@ -82,12 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         target=args.target, precision=args.precision, batch=args.batch, threads=args.threads, out_dir=args.out,
         backend_options=backend_options, tolerances=args.tolerance or [],
         timing=TimingConfig(warmup_iters=args.warmup, min_iters=args.min_iters, min_seconds=args.min_seconds),
-        seed=args.seed, compile_only=args.compile_only,
+        seed=args.seed, compile_only=args.compile_only, force_export=args.force_export,
     )
-    result = run_job(config, progress=lambda msg: print(f"... {msg}", file=sys.stderr))
-    print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else format_summary(result))
+    from dlcbench.orchestrate.launcher import run_supervised
+
+    # The job runs in a child process: a crash there becomes one error line here, and only this process
+    # writes to stdout (the child's stdout goes to stderr), so libraries that print cannot break --json.
+    outcome = run_supervised(config)
+    result = outcome["result"]
+    print(jsonio.dumps(result, indent=2, default=str) if args.json else outcome["summary"])
     print(f"artifact  {config.out_dir} (result.json inside)", file=sys.stderr)
-    return ExitCode.OK if result.passed else ExitCode.CHECK_FAILED
+    return ExitCode.OK if result["passed"] else ExitCode.CHECK_FAILED
 
 
 def cli() -> None:

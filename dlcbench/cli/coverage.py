@@ -8,15 +8,11 @@ table and a summary on stdout. ``--all`` is the full run (benchmarks/results/cov
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
+from dlcbench.config import split_list
 from dlcbench.errors import BadInputError, ExitCode, run_cli
-
-
-def _split(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rerun tests already recorded in this run")
     args = parser.parse_args(argv)
     from dlcbench.coverage import (
-        DEFAULT_MARKDOWN, CoverageConfig, discover, format_summary, onnx_version, run_coverage,
+        DEFAULT_MARKDOWN, CoverageConfig, discover, format_coverage_summary, onnx_version, run_coverage,
     )
 
     if args.list_ops:
@@ -58,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.all or args.subset or args.ops or args.tests):
         raise BadInputError("choose the tests: --all, --subset N, --ops OP,... or --tests NAME,... (see --help)")
     config = CoverageConfig(
-        run=args.run, backends=_split(args.backends), ops=_split(args.ops), tests=_split(args.tests),
+        run=args.run, backends=split_list(args.backends), ops=split_list(args.ops), tests=split_list(args.tests),
         subset=args.subset, expanded=args.expanded, data_dir=args.data, db=args.db, timeout_s=args.timeout,
         threads=args.threads, jobs=args.jobs, force=args.force,
     )
     config.markdown = args.markdown or (DEFAULT_MARKDOWN if args.all and not (args.subset or args.ops or args.tests)
                                         else Path("reports") / "coverage" / f"{config.run}.md")
     result = run_coverage(config)
-    print(format_summary(result["summary"]))
+    print(format_coverage_summary(result["summary"]))
     print(f"{result['tests']} node tests x {len(result['backends'])} backends; run {result['run']} in {args.db}; "
           f"table {result['markdown']}")
     return ExitCode.OK

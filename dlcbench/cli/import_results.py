@@ -1,17 +1,18 @@
-"""Load the results JSON of a GPU bundle's run.py into the results database, with the GPU's environment record.
+"""Load the results JSON of a bundle's run.py into the results database, with that machine's environment record.
 
-Thin CLI over :func:`dlcbench.stage.bundle.import_results`. Each artifact becomes one row (host-clock
-statistics in the usual columns, TVM's CUDA timer as ``native_median_ms``, check metrics, samples); the
-environment record is the GPU machine's (GPU name, driver, CUDA runtime, CPU, Python). Rows go to the
-experiment ``--experiment`` (default ``gpu-<gpu name>``, e.g. ``gpu-nvidia-h200``); give the name of a CPU
-experiment to see GPU and CPU rows side by side in ``scripts/report.py NAME --export md``. A re-import
-replaces the rows of the same model, preset, batch and arch.
+Thin CLI over :func:`dlcbench.stage.bundle.import_results`. Each artifact becomes one row with the metrics
+dlcbench's trackers take from a CPU job (``latency`` on the host clock, ``latency_native`` on TVM's own
+timer, CUDA events on a GPU, with their samples; compile time, artifact size, FLOPs...) and the check's
+verdict and metrics; the environment record is the GPU machine's (GPU name, driver, CUDA runtime, CPU,
+Python). Rows go to the experiment ``--experiment`` (default ``gpu-<gpu name>``, e.g. ``gpu-nvidia-h200``);
+give the name of a CPU experiment to see GPU and CPU rows side by side in ``dlcbench report NAME --export
+md``. A re-import replaces the rows of the same model, preset, batch, target and arch. Results files of
+every runner version are read (``dlcbench-gpu-results/1`` and ``/2``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dlcbench.cli.common import parse_params
-from dlcbench.errors import BadInputError, ExitCode, run_cli
+from dlcbench.errors import ExitCode, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -17,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("experiment", help="experiment name given to compare.py --name")
     parser.add_argument("--db", type=Path, default=Path("results/dlcbench.sqlite"))
-    parser.add_argument("--out", type=Path, default=None, help="report directory (default: reports/EXPERIMENT)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report directory (default: reports/EXPERIMENT); an existing one is replaced only if "
+                             "it is empty or an earlier report")
     parser.add_argument("--baseline", default=None, help="backend the speedups are relative to (default: onnxruntime)")
     parser.add_argument("--export", choices=["csv", "json", "md"], help="print the rows in this format instead")
     args = parser.parse_args(argv)
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         from dlcbench.results.store import ResultsStore
 
-        with ResultsStore(args.db) as store:
+        with ResultsStore(args.db, readonly=True) as store:  # reading needs no write access
             print(store.export(args.experiment, args.export), end="")
         return ExitCode.OK
     from dlcbench.results.report import write_report

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning-db", default=None, help="database directory (default: one per target)")
     parser.add_argument("--strategy", default="evolutionary", help="evolutionary, replay-trace or replay-func")
     parser.add_argument("--cost-model", default="xgb", help="xgb, mlp or random")
-    parser.add_argument("--out", type=Path, default=None, help="artifact directory (default: out/tune-MODEL-bN)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="artifact directory (default: out/tune-MODEL-bN); an existing one is replaced only if "
+                             "it is empty or an earlier artifact")
     args = parser.parse_args(argv)
     if not args.trials and not args.minutes:
         raise BadInputError("give --trials and/or --minutes")

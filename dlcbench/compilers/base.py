@@ -11,21 +11,29 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import inspect
 import json
 import os
-import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from dlcbench import __version__
+from dlcbench import __version__, jsonio
+from dlcbench.config import positive_int
 from dlcbench.errors import BackendUnavailableError, BadInputError, CompileError, DlcbenchError, one_line
+from dlcbench.fieldtypes import coerce_fields
+from dlcbench.outputs import MARKER, OutputKind, Owned, staged_output
 
 MANIFEST_NAME = "manifest.json"
+#: Files a job writes next to the adapter's: the sample inputs and reference (``--compile-only``) and its result.
+JOB_FILES = ("inputs.npz", "reference.npz", "result.json")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+#: The options every backend shares, by the command-line flag that sets each (never ``--option``).
+COMMON_FLAGS = {"target": "--target", "precision": "--precision", "threads": "--threads", "batch": "--batch"}
 
 
 @dataclass(frozen=True)
@@ -57,10 +65,8 @@ class CompileOptions:
     batch: int = 1
 
     def __post_init__(self):
-        if not isinstance(self.threads, int) or self.threads <= 0:
-            raise BadInputError(f"threads must be a positive integer, got {self.threads}")
-        if not isinstance(self.batch, int) or self.batch <= 0:
-            raise BadInputError(f"batch must be a positive integer, got {self.batch}")
+        positive_int("threads", self.threads)
+        positive_int("batch", self.batch)
         if self.precision not in PRECISIONS:
             raise BadInputError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
 
@@ -90,10 +96,15 @@ class Manifest:
     dlcbench_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
+    @property
+    def threads(self) -> int:
+        """CPU threads the artifact was built for and runs with (``options["threads"]``)."""
+        return int(self.options["threads"])
+
     def write(self, directory: Path) -> Path:
         """Writes the manifest into ``directory``; returns its path."""
         path = Path(directory) / MANIFEST_NAME
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, default=str))
+        path.write_text(jsonio.dumps(dataclasses.asdict(self), indent=2, default=str))
         return path
 
     @classmethod
@@ -179,6 +190,21 @@ def package_version(*distributions: str) -> str:
     return "unknown"
 
 
+def probe_availability(adapter) -> Availability:
+    """``adapter.available()`` (an Adapter class or instance) that never raises.
+
+    A probe that raises (a broken plugin) means the backend cannot run here; the exception is the reason.
+    """
+    name = adapter.__name__ if isinstance(adapter, type) else type(adapter).__name__
+    try:
+        status = adapter.available()
+    except Exception as err:
+        return Availability(False, f"{name}.available() raised {type(err).__name__}: {one_line(err, 200)}")
+    if not isinstance(status, Availability):
+        return Availability(bool(status), "" if status else f"{name}.available() returned {status!r}")
+    return status
+
+
 class Adapter(abc.ABC):
     """A compiler backend: compile a model into an artifact, load an artifact into a session.
 
@@ -220,8 +246,8 @@ class Adapter(abc.ABC):
         """
 
     @abc.abstractmethod
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
-        """Opens an artifact written by :meth:`_compile`."""
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
+        """Opens an artifact written by :meth:`_compile`; its options (threads included) are in ``manifest``."""
 
     # ----------------------------------------------------------------- template methods
 
@@ -236,15 +262,37 @@ class Adapter(abc.ABC):
             return {i["name"]: list(i["shape"]) for i in model.meta["inputs"]}
         return {i["name"]: [options.batch, *i["shape"][1:]] for i in model.meta["inputs"]}
 
-    def make_options(self, **values: Any) -> CompileOptions:
-        """Builds and validates this adapter's options (common and backend-specific fields)."""
+    def make_options(self, backend_options: Mapping[str, Any] | None = None, **values: Any) -> CompileOptions:
+        """Builds and validates this adapter's options.
+
+        Args:
+            backend_options: Backend-specific fields as a user gave them (``--option KEY=VALUE``); the common
+                fields (:data:`COMMON_FLAGS`) have their own flags and are refused here.
+            **values: Fields of ``Options``, the common ones included.
+
+        Raises:
+            BadInputError: an unknown field, a value that does not fit the field's annotation in ``Options``,
+                or a target or precision this backend cannot do.
+        """
+        for key in backend_options or {}:
+            if key in COMMON_FLAGS:
+                raise BadInputError(f"{key} is not a backend option: use {COMMON_FLAGS[key]} (not --option {key}=...)")
+        values = {**values, **(backend_options or {})}
         known = {f.name for f in dataclasses.fields(self.Options)}
         unknown = sorted(set(values) - known)
         if unknown:
+            own = sorted(known - set(COMMON_FLAGS))
             raise BadInputError(
-                f"unknown option(s) for {self.name}: {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+                f"unknown option(s) for {self.name}: {', '.join(unknown)}; valid: {', '.join(own) or 'none'} "
+                f"({', '.join(COMMON_FLAGS)} have their own flags)"
             )
-        options = self.Options(**values)
+        values = coerce_fields(self.Options, values, f"backend {self.name} option {{name}}")
+        try:
+            options = self.Options(**values)
+        except DlcbenchError:
+            raise
+        except (TypeError, ValueError) as err:  # an Options class that checks its values without BadInputError
+            raise BadInputError(f"invalid options for backend {self.name}: {one_line(err, 200)}") from None
         self.validate(options)
         return options
 
@@ -261,28 +309,38 @@ class Adapter(abc.ABC):
             )
 
     def require_available(self) -> None:
-        """Raises :class:`BackendUnavailableError` with the reason and install hint."""
-        status = self.available()
+        """Raises :class:`BackendUnavailableError` with the reason and install hint (see :func:`probe_availability`)."""
+        status = probe_availability(self)
         if not status:
             install = status.install_hint or self.install_hint
             hint = f" (install: {install})" if install else ""
             raise BackendUnavailableError(f"backend {self.name} is not available: {status.reason}{hint}")
 
     def compile(self, model, options: CompileOptions, out_dir: Path) -> Manifest:
-        """Compiles ``model`` (an :class:`dlcbench.models.export.ExportedModel`) into ``out_dir``.
+        """Compiles ``model`` (an :class:`dlcbench.models.export.ExportedModel`) into the artifact directory ``out_dir``.
 
-        The directory is replaced; the manifest records everything needed to
-        run the artifact later without ``options``.
+        The artifact is built in a hidden sibling directory and renamed to ``out_dir`` when complete. An
+        existing ``out_dir`` is replaced only if it is empty or an earlier artifact (see
+        :func:`dlcbench.outputs.check_replaceable`); the manifest records everything needed to run the
+        artifact later without ``options``.
+
+        Raises:
+            BadInputError: ``out_dir`` holds something else, or cannot be written.
         """
         self.validate(options)
         self.require_available()
-        out_dir = Path(out_dir)
-        try:
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            out_dir.mkdir(parents=True)
-        except OSError as err:
-            raise BadInputError(f"cannot write output directory {out_dir}: {err.strerror}") from None
+        with staged_output(Path(out_dir), ARTIFACT) as staging:
+            return self.compile_into(model, options, staging)
+
+    def compile_into(self, model, options: CompileOptions, directory: Path) -> Manifest:
+        """Compiles ``model`` into ``directory``, an existing empty directory (no staging, no replacing).
+
+        What :meth:`compile` runs inside its staging directory; for callers that stage the artifact
+        themselves (a job adds its inputs and reference before publishing).
+        """
+        self.validate(options)
+        self.require_available()
+        out_dir = Path(directory)
         start = time.perf_counter()
         try:
             fields = self._compile(model, options, out_dir)
@@ -311,13 +369,21 @@ class Adapter(abc.ABC):
         manifest.write(out_dir)
         return manifest
 
-    def load(self, artifact_dir: Path, threads: int | None = None) -> Session:
-        """Loads an artifact directory into a :class:`Session` (a context manager)."""
+    def load(self, artifact_dir: Path) -> Session:
+        """Loads an artifact directory into a :class:`Session` (a context manager).
+
+        The session runs as the artifact was built for (``manifest.options``: threads, precision...): the job's
+        configuration reaches a session one way only, through the compile options recorded in the manifest.
+        """
         manifest = Manifest.read(Path(artifact_dir))
         if manifest.backend != self.name:
             raise BadInputError(f"{artifact_dir} was built by {manifest.backend}, not {self.name}")
         self.require_available()
-        return self._load(Path(artifact_dir), manifest, threads)
+        if len(inspect.signature(self._load).parameters) == 3:  # an adapter written for dlcbench 0.1
+            warnings.warn(f"{type(self).__name__}._load(artifact_dir, manifest, threads) is deprecated: drop "
+                          "'threads' and use manifest.threads", DeprecationWarning, stacklevel=2)
+            return self._load(Path(artifact_dir), manifest, manifest.threads)
+        return self._load(Path(artifact_dir), manifest)
 
 
 def _sha256(path: Path) -> str:
@@ -331,5 +397,26 @@ def _sha256(path: Path) -> str:
 
 
 def artifact_size(directory: Path) -> int:
-    """Total bytes of the files in an artifact directory."""
-    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+    """Total bytes of the files in an artifact directory (dlcbench's output marker left out)."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file() and p.name != MARKER)
+
+
+def _artifact_files(directory: Path) -> Owned | None:
+    """What dlcbench wrote in an artifact directory, from its manifest (artifacts older than the marker).
+
+    The manifest names the adapter's files and directories; a directory named there is the
+    adapter's whole (a cache a backend fills at load time, a SavedModel).
+    """
+    try:
+        data = json.loads((Path(directory) / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not {"backend", "dlcbench_version", "source_sha256"} <= data.keys():
+        return None
+    files = data.get("files") if isinstance(data.get("files"), dict) else {}
+    trees = {str(rel).strip("/") for rel in files.values() if isinstance(rel, str) and rel.strip("/")}
+    return Owned(frozenset({MANIFEST_NAME, *JOB_FILES}), frozenset(trees))
+
+
+#: The artifact directory (``compile --out``, ``tune --out``, an experiment's job directories).
+ARTIFACT = OutputKind("artifact", "a dlcbench artifact", later=frozenset({"result.json"}), recognise=_artifact_files)

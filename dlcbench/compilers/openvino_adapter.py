@@ -207,12 +207,11 @@ class OpenVinoAdapter(Adapter):
             "extra": {"input_ports": feeds},
         }
 
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
         import openvino as ov
 
-        threads = threads or manifest.options["threads"]
         core = ov.Core()
-        config = _config({**manifest.options, "precision": manifest.precision}, threads)
+        config = _config({**manifest.options, "precision": manifest.precision}, manifest.threads)
         try:
             blob = (artifact_dir / manifest.files["compiled"]).read_bytes()
             compiled = core.import_model(blob, DEVICE, config)

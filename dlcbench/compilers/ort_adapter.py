@@ -129,11 +129,10 @@ class OnnxRuntimeAdapter(Adapter):
             "target_detail": _providers(options.target),
         }
 
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
         import onnxruntime as ort
 
-        threads = threads or manifest.options["threads"]
-        so = _session_options(manifest.options, threads)
+        so = _session_options(manifest.options, manifest.threads)
         try:
             session = ort.InferenceSession(
                 str(artifact_dir / manifest.files["model"]), so, providers=_providers(manifest.target)

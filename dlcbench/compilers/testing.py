@@ -138,7 +138,7 @@ def test_adapter_matches_reference(conformance_compiled, backend, model_name):
     assert manifest.backend_version == adapter.version()
     assert [o["name"] for o in manifest.outputs] == model.output_names
     assert all((out / rel).exists() for rel in manifest.files.values())
-    with adapter.load(out, threads=1) as session:
+    with adapter.load(out) as session:
         outputs = session.run(model.inputs())
     report = check_outputs(outputs, model.reference(), "fp32", classifier=model.meta["task"] == "classifier")
     assert report.passed, report.failure_message()
@@ -152,11 +152,11 @@ def test_artifact_reloads_in_fresh_process_with_same_outputs(conformance_compile
         "import sys, numpy as np; from dlcbench.compilers.registry import get_adapter;"
         "from dlcbench.compilers.base import Manifest; m = Manifest.read(sys.argv[1]);"
         "x = dict(np.load(sys.argv[2]));"
-        "s = get_adapter(m.backend).load(sys.argv[1], threads=1); np.savez(sys.argv[3], **s.run(x)); s.close()"
+        "s = get_adapter(m.backend).load(sys.argv[1]); np.savez(sys.argv[3], **s.run(x)); s.close()"
     )
     proc = _python("-c", code, str(out), str(tmp_path / "inputs.npz"), str(tmp_path / "outputs.npz"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    with adapter.load(out, threads=1) as session:
+    with adapter.load(out) as session:
         here = session.run(model.inputs())
     there = dict(np.load(tmp_path / "outputs.npz"))
     for name, value in here.items():
@@ -190,9 +190,7 @@ def test_unsupported_precision_is_a_one_line_cli_error(backend):
     missing = [p for p in PRECISIONS if p not in adapter.precisions]
     if not missing:
         pytest.skip(f"{backend} supports every precision")
-    code = ("import sys; from dlcbench.errors import run_cli; from scripts.compile import main;"
-            "run_cli(lambda: main(sys.argv[1:]))")
-    proc = _python("-c", code, "--backend", backend, "--model", "mlp", "--preset", "tiny", "--precision", missing[0])
+    proc = _python("-m", "dlcbench", "compile", "--backend", backend, "--model", "mlp", "--preset", "tiny", "--precision", missing[0])
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "valid: " + ", ".join(adapter.precisions) in errors[0], proc.stderr[-2000:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from importlib import metadata
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from dlcbench.errors import BackendRuntimeError, BadInputError, one_line
+from dlcbench.quiet import import_quietly
 
 from dlcbench.compilers.base import Adapter, Availability, CompileOptions, Manifest, Session
 
@@ -33,11 +33,8 @@ class TensorFlowOptions(CompileOptions):
 
 
 def import_tensorflow(intra: int | None = None, inter: int | None = None):
-    """Imports TensorFlow quietly and, if still possible, sets its thread pools."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
+    """Imports TensorFlow quietly (:func:`dlcbench.quiet.import_quietly`); sets its thread pools if still possible."""
+    tf = import_quietly("tensorflow")
     try:
         if intra:
             tf.config.threading.set_intra_op_parallelism_threads(intra)
@@ -56,7 +53,7 @@ def export_saved_model(model, out: Path) -> None:
     if source.is_dir():
         shutil.copytree(source, out)
         return
-    import keras
+    keras = import_quietly("keras")
 
     import dlcbench.models.layers  # noqa: F401  (registers the zoo's custom layers)
 
@@ -117,8 +114,8 @@ class TensorFlowAdapter(Adapter):
             "extra": {"note": "XLA compiles on the first call (inside warm-up)"} if self.jit_compile else {},
         }
 
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
-        tf = import_tensorflow(threads or manifest.options["threads"], manifest.options.get("inter_op_threads", 1))
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
+        tf = import_tensorflow(manifest.threads, manifest.options.get("inter_op_threads", 1))
         try:
             loaded = tf.saved_model.load(str(artifact_dir / manifest.files["saved_model"]))
             signature = loaded.signatures["serving_default"]

@@ -235,8 +235,8 @@ class TfTrtAdapter(Adapter):
             },
         }
 
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
-        tf = import_tensorflow(threads)
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
+        tf = import_tensorflow(manifest.threads)
         try:
             loaded = tf.saved_model.load(str(artifact_dir / manifest.files.get("saved_model", SAVED_MODEL_DIR)))
             function = loaded.signatures[SIGNATURE]

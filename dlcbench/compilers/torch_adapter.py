@@ -300,8 +300,8 @@ class TorchAdapter(Adapter):
         except Exception as err:
             raise BackendRuntimeError(f"{self.name} could not load {artifact_dir}: {one_line(err, 300)}") from None
 
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
-        _set_threads(threads or manifest.options["threads"])
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
+        _set_threads(manifest.threads)
         return TorchSession(manifest, self._load_module(artifact_dir, manifest), self.name)
 
 
@@ -381,8 +381,8 @@ class InductorAdapter(TorchAdapter):
                                note="TorchInductor's cache ships in inductor-cache/; a reload compiles from it")
         return fields
 
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
-        _set_threads(threads or manifest.options["threads"])
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
+        _set_threads(manifest.threads)
         module = self._load_module(artifact_dir, manifest)
         cache = artifact_dir / manifest.files.get("inductor_cache", "inductor-cache")
         if cache.is_dir():

@@ -535,7 +535,7 @@ class TensorRTAdapter(Adapter):
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
         return False
 
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
         path = artifact_dir / manifest.files.get("engine", ENGINE_FILE)
         if not path.is_file():
             raise BadInputError(f"{artifact_dir} has no TensorRT engine ({path.name})")

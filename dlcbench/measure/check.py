@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -52,6 +52,21 @@ def parse_tolerance_overrides(specs: list[str] | None) -> dict[str, dict[str, fl
                 raise BadInputError(f"bad tolerance value {value!r} in {spec!r}") from None
         result.setdefault(output, {}).update(values)
     return result
+
+
+def check_override_outputs(overrides: dict[str, dict[str, float]] | None, outputs: Iterable[str]) -> None:
+    """Refuses overrides for an output the model does not have (``*`` applies to every output).
+
+    Raises:
+        BadInputError: the message names the unknown outputs and the model's outputs.
+    """
+    names = list(outputs)
+    unknown = sorted(set(overrides or {}) - {"*", *names})
+    if unknown:
+        raise BadInputError(
+            f"tolerance for unknown output(s) {', '.join(map(repr, unknown))}; valid outputs: {', '.join(names)} "
+            "(or no OUTPUT: prefix for all)"
+        )
 
 
 def tolerance_for(precision: str, output: str, overrides: dict[str, dict[str, float]] | None = None) -> Tolerance:
@@ -138,7 +153,7 @@ def compare_output(
     if bad_new.any():
         reasons.append(f"{int(bad_new.sum())} NaN/Inf values the reference does not have")
     finite = np.isfinite(g) & np.isfinite(e)
-    diff = np.where(finite, np.abs(g - e), 0.0)
+    diff = np.abs(np.where(finite, g, 0.0) - np.where(finite, e, 0.0))  # no inf - inf warning on stderr
     mag = np.where(finite, np.abs(e), 0.0)
     metrics["max_abs"] = float(diff.max()) if diff.size else 0.0
     metrics["mean_abs"] = float(diff[finite].mean()) if finite.any() else 0.0
@@ -185,7 +200,11 @@ def check_outputs(
         precision: Selects the default tolerances (:data:`TOLERANCES`).
         overrides: Per-output (or ``*``) tolerance fields, see :func:`parse_tolerance_overrides`.
         classifier: Also compute top-1/top-5 agreement.
+
+    Raises:
+        BadInputError: ``overrides`` names an output ``reference`` does not have.
     """
+    check_override_outputs(overrides, reference)
     results = []
     for name, expected in reference.items():
         tol = tolerance_for(precision, name, overrides)

@@ -1,12 +1,11 @@
 """One job end to end: export (cached), compile, load, check against the reference, time.
 
-:func:`run_job` is what ``scripts/compile.py`` calls, and what the experiment
-runner calls inside each isolated worker process.
+:func:`run_job` is what every job runs inside its isolated worker process
+(:mod:`dlcbench.orchestrate.worker`), for ``dlcbench compile`` and for experiments alike.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import shutil
@@ -16,8 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlcbench import jsonio
+from dlcbench.config import positive_int
 from dlcbench.errors import BadInputError, one_line
-from dlcbench.measure.check import check_outputs, parse_tolerance_overrides
+from dlcbench.measure.check import check_outputs, check_override_outputs, parse_tolerance_overrides
 from dlcbench.measure.timing import TimingConfig, measure, statistics
 
 
@@ -41,6 +42,7 @@ class JobConfig:
         seed: Seed of the weights and inputs.
         opset: ONNX opset of the export.
         compile_only: Stop after writing the artifact (cross-compiling for a device this machine lacks).
+        force_export: Rebuild the model's export cache entry instead of reusing it.
     """
 
     backend: str
@@ -58,12 +60,11 @@ class JobConfig:
     seed: int = 0
     opset: int = 17
     compile_only: bool = False
+    force_export: bool = False
 
     def __post_init__(self):
-        for key in ("batch", "threads"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value <= 0:
-                raise BadInputError(f"{key} must be a positive integer, got {value}")
+        positive_int("batch", self.batch)
+        positive_int("threads", self.threads)
         parse_tolerance_overrides(self.tolerances)  # validate early
         if self.out_dir is None:
             stem = Path(self.model).stem if os.sep in self.model or "." in self.model else self.model
@@ -100,7 +101,7 @@ def export_for(adapter, config: JobConfig):
     return export_model(
         ExportConfig(
             model=config.model, preset=config.preset, params=dict(config.params), batch=config.batch,
-            seed=config.seed, opset=config.opset, static=folded, fold=folded,
+            seed=config.seed, opset=config.opset, static=folded, fold=folded, force=config.force_export,
         )
     )
 
@@ -116,32 +117,44 @@ def run_job(config: JobConfig, progress=None) -> JobResult:
 
     A failed output check is returned (``passed=False``), not raised, so the
     timing is still reported; every other problem raises a
-    :class:`dlcbench.errors.DlcbenchError`.
+    :class:`dlcbench.errors.DlcbenchError`. The artifact is published whole
+    (see :meth:`dlcbench.compilers.base.Adapter.compile`); an existing
+    ``out_dir`` that is not an earlier artifact is refused before the export.
     """
-    from dlcbench.compilers.base import artifact_size
+    from dlcbench.compilers.base import ARTIFACT, artifact_size
     from dlcbench.compilers.registry import get_adapter
+    from dlcbench.outputs import check_replaceable, staged_output
 
     say = progress or (lambda message: None)
     adapter = get_adapter(config.backend)
     adapter.require_available()
     options = adapter.make_options(
         target=config.target, precision=config.precision, threads=config.threads, batch=config.batch,
-        **config.backend_options,
+        backend_options=config.backend_options,
     )
+    final = check_replaceable(config.out_dir, ARTIFACT)
+    source = Path(config.model)
+    is_file = os.sep in config.model or source.suffix
+    if is_file and source.exists() and (final == source.resolve() or final in source.resolve().parents):
+        raise BadInputError(f"the output directory {config.out_dir} holds the model {config.model}; choose another --out")
     say(f"exporting {config.model}")
     t0 = time.perf_counter()
     model = export_for(adapter, config)
     export_seconds = time.perf_counter() - t0
     if adapter.source == "keras" and model.keras_path is None:
         raise BadInputError(f"backend {adapter.name} needs a Keras or TensorFlow model, not an .onnx file")
+    check_override_outputs(parse_tolerance_overrides(config.tolerances), [o["name"] for o in model.meta["outputs"]])
     say(f"compiling with {adapter.name} ({config.target}, {config.precision})")
-    manifest = adapter.compile(model, options, config.out_dir)
+    with staged_output(config.out_dir, ARTIFACT) as staging:
+        manifest = adapter.compile_into(model, options, staging)
+        if config.compile_only:
+            result = _compile_only_result(config, manifest, model, export_seconds, staging)
     if config.compile_only:
-        return _compile_only_result(config, manifest, model, export_seconds)
+        return result
     inputs = model.inputs()
     reference = model.reference()
     say("checking outputs")
-    with adapter.load(config.out_dir, threads=config.threads) as session:
+    with adapter.load(config.out_dir) as session:
         outputs = session.run(inputs)
         report = check_outputs(
             outputs, reference, config.precision, parse_tolerance_overrides(config.tolerances),
@@ -170,11 +183,12 @@ def run_job(config: JobConfig, progress=None) -> JobResult:
         passed=report.passed,
         failure_message=one_line(report.failure_message(), 2000) if not report.passed else "",
     )
-    (config.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    (config.out_dir / "result.json").write_text(jsonio.dumps(result.to_dict(), indent=2, default=str))
     return result
 
 
-def _compile_only_result(config: JobConfig, manifest, model, export_seconds: float) -> JobResult:
+def _compile_only_result(config: JobConfig, manifest, model, export_seconds: float, directory: Path) -> JobResult:
+    """The result of a ``compile_only`` job; writes it, the inputs and the reference into the staged ``directory``."""
     from dlcbench.compilers.base import artifact_size
 
     result = JobResult(
@@ -182,13 +196,13 @@ def _compile_only_result(config: JobConfig, manifest, model, export_seconds: flo
         model={"name": model.name, "reference_source": model.meta["reference_source"], "summary": model.meta["summary"],
                "export_dir": str(model.directory), "cache_hit": model.cache_hit},
         check={}, timing={}, native_timing=None, compile_seconds=manifest.compile_seconds,
-        export_seconds=round(export_seconds, 4), artifact_bytes=artifact_size(config.out_dir),
+        export_seconds=round(export_seconds, 4), artifact_bytes=artifact_size(directory),
         peak_rss_mb=round(peak_rss_mb(), 1), passed=True,
     )
     # The sample inputs and reference travel with the artifact, so it can be checked where it runs.
-    shutil.copyfile(model.directory / "inputs.npz", config.out_dir / "inputs.npz")
-    shutil.copyfile(model.directory / "reference.npz", config.out_dir / "reference.npz")
-    (config.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    shutil.copyfile(model.directory / "inputs.npz", directory / "inputs.npz")
+    shutil.copyfile(model.directory / "reference.npz", directory / "reference.npz")
+    (directory / "result.json").write_text(jsonio.dumps(result.to_dict(), indent=2, default=str))
     return result
 
 

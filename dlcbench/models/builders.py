@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from dlcbench.models.layers import LastToken, PositionEmbedding
+from dlcbench.quiet import import_quietly
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dlcbench.models.layers import LastToken, PositionEmbedding  # noqa: E402
+keras = import_quietly("keras")
 
 _RANDOMISED = ("bias", "beta", "gamma", "moving_mean", "moving_variance")
 

@@ -10,7 +10,8 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import sys
+import zipfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -18,18 +19,24 @@ from typing import Any
 
 import numpy as np
 
+from dlcbench import jsonio
+from dlcbench.config import cache_dir
 from dlcbench.errors import BadInputError, ExportError, one_line
+from dlcbench.quiet import import_quietly
+from dlcbench.outputs import forget_on_sigterm, make_temp_dir, remove_on_sigterm, remove_stale, swap_in
 from dlcbench.models.zoo import InputSpec, get_model, sample_inputs
 
-#: Bumped whenever the exported files change meaning, so old cache entries miss.
-EXPORT_FORMAT = 1
+#: Bumped whenever the exported files change meaning, so old cache entries miss (2: entries carry checksums).
+EXPORT_FORMAT = 2
+#: Prefix of the directories an export is built in, inside the cache's ``exports`` directory.
+TMP_PREFIX = ".tmp-"
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 18
 
 
 def default_cache_dir() -> Path:
-    """Returns the cache root: ``$DLCBENCH_CACHE`` or ``~/.cache/dlcbench``."""
-    return Path(os.environ.get("DLCBENCH_CACHE", Path.home() / ".cache" / "dlcbench"))
+    """Returns the cache root: ``$DLCBENCH_CACHE`` or ``~/.cache/dlcbench`` (:func:`dlcbench.config.cache_dir`)."""
+    return cache_dir()
 
 
 @dataclass
@@ -140,11 +147,17 @@ def file_digest(path: Path) -> str:
 
 
 def _source_kind(model: str) -> str:
+    path = Path(model)
     if model.endswith(".onnx"):
+        if path.is_dir():
+            raise BadInputError(f"{model} is a directory, not an ONNX file")
         return "onnx"
     if model.endswith(".keras"):
+        if path.is_dir():
+            raise BadInputError(f"{model} is a directory, not a Keras .keras file")
+        if path.is_file() and not zipfile.is_zipfile(path):
+            raise BadInputError(f"{model} is not a Keras model file: a .keras file is a zip archive and this one is not")
         return "keras"
-    path = Path(model)
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise BadInputError(f"{model} is a directory but not a SavedModel (no saved_model.pb)")
@@ -244,6 +257,28 @@ def graph_inputs(model) -> list:
 _ONNX_TO_NUMPY = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool", 3: "int8", 2: "uint8"}
 
 
+def onnx_type_name(elem_type: int) -> str:
+    """An ONNX element type code by name: ``4`` is ``uint16``, ``16`` is ``bfloat16``."""
+    from onnx import TensorProto
+
+    try:
+        return TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:
+        return f"unknown ({elem_type})"
+
+
+def fixed_batch(model) -> tuple[int, str] | None:
+    """``(batch, input name)`` when every input's leading dimension is the same fixed number, else None."""
+    leading = []
+    for value in graph_inputs(model):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            if not dims[0].HasField("dim_value"):
+                return None
+            leading.append((dims[0].dim_value, value.name))
+    return leading[0] if leading and len({n for n, _ in leading}) == 1 else None
+
+
 def onnx_input_specs(model) -> list[InputSpec]:
     """Input specs (batch dimension dropped) from an ONNX graph; other symbolic dims become 1."""
     specs = []
@@ -252,7 +287,9 @@ def onnx_input_specs(model) -> list[InputSpec]:
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
         dtype = _ONNX_TO_NUMPY.get(tensor.elem_type)
         if dtype is None:
-            raise BadInputError(f"input {value.name} has an unsupported element type {tensor.elem_type}")
+            raise BadInputError(
+                f"input {value.name} has element type {onnx_type_name(tensor.elem_type)}, which dlcbench cannot "
+                f"feed; supported: {', '.join(sorted(set(_ONNX_TO_NUMPY.values())))}")
         specs.append(InputSpec(value.name, tuple(dims[1:]), dtype, high=10))
     return specs
 
@@ -308,11 +345,7 @@ def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) 
 
 
 def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
-    return tf
+    return import_quietly("tensorflow")
 
 
 def _keras_io(model) -> tuple[list[InputSpec], list[str]]:
@@ -328,7 +361,6 @@ def _keras_io(model) -> tuple[list[InputSpec], list[str]]:
 def _keras_to_onnx(model, specs, output_names, cfg: ExportConfig):
     """Converts a Keras model through a named tf.function; returns the ONNX model proto."""
     tf = _quiet_tensorflow()
-    import tf2onnx
 
     batch = cfg.batch if cfg.static else None
     signature = [tf.TensorSpec(s.with_batch(batch), tf.as_dtype(s.dtype), name=s.name) for s in specs]
@@ -345,8 +377,7 @@ def _keras_to_onnx(model, specs, output_names, cfg: ExportConfig):
 def _convert_function(func, cfg: ExportConfig):
     import logging
 
-    import tf2onnx
-
+    tf2onnx = import_quietly("tf2onnx")
     # tf2onnx logs unconverted ops (Erfc) as errors and carries on; fix_erfc and
     # check_onnx handle them, failing loudly on anything still non-standard.
     logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
@@ -389,7 +420,8 @@ def export_model(cfg: ExportConfig) -> ExportedModel:
 
     A cached export with the same key (model, params, seed, opset, shape mode,
     variant, batch and the TensorFlow/tf2onnx/onnx versions) is returned without
-    importing TensorFlow unless ``cfg.force`` is set.
+    importing TensorFlow unless ``cfg.force`` is set. A damaged entry (see
+    :func:`entry_damage`) is reported in one line on stderr and rebuilt.
 
     Raises:
         BadInputError: unknown model, invalid parameter, missing/corrupt file.
@@ -407,29 +439,105 @@ def export_model(cfg: ExportConfig) -> ExportedModel:
     root = Path(cfg.cache_dir or default_cache_dir()) / "exports"
     name = cfg.model if kind == "zoo" else Path(cfg.model).stem
     final = root / f"{name}-{key[:16]}"
-    if (final / "meta.json").is_file() and not cfg.force:
-        return ExportedModel(final, json.loads((final / "meta.json").read_text()), cache_hit=True)
+    replace = cfg.force
+    if not cfg.force and os.path.lexists(final):
+        damage, meta = entry_damage(final, key)
+        if damage is None:
+            return ExportedModel(final, meta, cache_hit=True)
+        print(f"warning: export cache entry {final} is damaged ({damage}); rebuilding", file=sys.stderr, flush=True)
+        replace = True
 
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+        remove_stale(root, TMP_PREFIX)  # left by killed exports
+        tmp = make_temp_dir(root, f"{TMP_PREFIX}{name}-")
     except OSError as err:
         raise BadInputError(f"cannot write to cache {root}: {err.strerror}") from None
+    remove_on_sigterm(tmp)
     try:
         meta = _export_into(tmp, cfg, kind, spec, params)
         meta.update(name=name, cache_key=key, versions=_versions(), kind=kind, preset=cfg.preset if spec else None)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(tmp, final)  # atomic: readers see the whole directory or none of it
-        except OSError:
-            if not (final / "meta.json").is_file():
-                raise
-    finally:
+        meta["entry_files"] = _entry_files(tmp)
+        (tmp / "meta.json").write_text(jsonio.dumps(meta, indent=2))
+        meta = _publish_entry(tmp, final, key, replace, name) or meta
+    finally:  # an exception, Ctrl-C or SIGTERM leaves no partial export behind
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return ExportedModel(final, json.loads((final / "meta.json").read_text()), cache_hit=False)
+        forget_on_sigterm(tmp)
+    return ExportedModel(final, meta, cache_hit=False)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _entry_files(directory: Path) -> dict[str, dict[str, Any]]:
+    """SHA-256, size and modification time of every file of a cache entry but ``meta.json``."""
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != "meta.json"):
+        stat = path.stat()
+        files[path.relative_to(directory).as_posix()] = {
+            "sha256": _sha256(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return files
+
+
+def entry_damage(directory: Path, key: str) -> tuple[str | None, dict[str, Any] | None]:
+    """Checks an export cache entry; returns ``(None, meta)`` when intact, else ``(why, None)``.
+
+    Every file must have the size recorded when the entry was written; a file whose modification
+    time changed since is also hashed and compared with its recorded SHA-256, so a hit costs a few
+    ``stat`` calls unless something touched the entry.
+    """
+    try:
+        meta = json.loads((Path(directory) / "meta.json").read_text())
+    except FileNotFoundError:
+        return "meta.json is missing", None
+    except (OSError, ValueError) as err:
+        return f"meta.json is unreadable: {one_line(err, 80)}", None
+    files = meta.get("entry_files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict) or meta.get("cache_key") != key or not {"inputs", "outputs", "name"} <= meta.keys():
+        return "meta.json is incomplete", None
+    missing = [f for f in ("model.onnx", "inputs.npz", "reference.npz") if f not in files]
+    if missing:
+        return f"meta.json lists no {missing[0]}", None
+    for rel, record in files.items():
+        path = Path(directory) / rel
+        try:
+            stat = path.stat()
+            if stat.st_size != record["bytes"]:
+                return f"{rel} has {stat.st_size} bytes, {record['bytes']} were written", None
+            if stat.st_mtime_ns != record["mtime_ns"] and _sha256(path) != record["sha256"]:
+                return f"{rel} does not match its SHA-256", None
+        except FileNotFoundError:
+            return f"{rel} is missing", None
+        except OSError as err:
+            return f"{rel} is unreadable: {err.strerror}", None
+        except (KeyError, TypeError):
+            return "meta.json is incomplete", None
+    return None, meta
+
+
+def _publish_entry(tmp: Path, final: Path, key: str, replace: bool, name: str) -> dict[str, Any] | None:
+    """Renames a finished export to ``final``; returns the meta of an intact entry another process published first."""
+    try:
+        os.rename(tmp, final)  # atomic: readers see the whole directory or none of it
+        return None
+    except OSError as err:
+        if not os.path.lexists(final):
+            raise BadInputError(f"cannot write to cache {final.parent}: {err.strerror}") from None
+    if not replace:
+        damage, meta = entry_damage(final, key)
+        if damage is None:  # another process exported the same model meanwhile
+            return meta
+    try:
+        swap_in(tmp, final, f"{TMP_PREFIX}{name}-old-")
+    except OSError as err:
+        raise BadInputError(f"cannot write to cache {final.parent}: {err.strerror}") from None
+    return None
 
 
 def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[str, Any]:
@@ -440,6 +548,10 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
     if kind == "onnx":
         model_proto = load_onnx(Path(cfg.model))
         specs = onnx_input_specs(model_proto)
+        fixed_at = fixed_batch(model_proto)
+        if fixed_at and fixed_at[0] != cfg.batch:
+            raise BadInputError(f"{cfg.model}: the model's batch is fixed at {fixed_at[0]} (input {fixed_at[1]}), "
+                                f"so it cannot run at batch {cfg.batch}; use --batch {fixed_at[0]}")
         if cfg.static:
             set_batch(model_proto, cfg.batch)
         inputs = sample_inputs(specs, cfg.batch, cfg.seed)
@@ -454,7 +566,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
         reference_source = "tensorflow"
     else:
         _quiet_tensorflow()
-        import keras
+        keras = import_quietly("keras")
 
         import dlcbench.models.layers  # noqa: F401  (registers custom layers for loading)
 
@@ -584,7 +696,7 @@ def wrap_onnx(onnx_model, directory: Path, name: str, inputs: dict[str, np.ndarr
         "fixed_shapes": bool(fixed_shapes), "inputs": input_specs, "outputs": output_specs, "summary": {},
         "onnx_sha256": file_digest(directory / "model.onnx"),
     }
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    (directory / "meta.json").write_text(jsonio.dumps(meta, indent=2))
     for file, arrays in (("inputs.npz", inputs), ("reference.npz", reference)):
         if arrays is not None:
             try:
@@ -592,11 +704,6 @@ def wrap_onnx(onnx_model, directory: Path, name: str, inputs: dict[str, np.ndarr
             except Exception:  # dtypes numpy cannot store (strings of objects, some ml_dtypes): keep them in memory
                 (directory / file).unlink(missing_ok=True)
     return ExportedModel(directory, meta)
-
-
-def export_from_dict(values: dict[str, Any]) -> ExportedModel:
-    """Convenience for subprocesses: ``export_model(ExportConfig(**values))``."""
-    return export_model(ExportConfig(**values))
 
 
 __all__ = ["ExportConfig", "ExportedModel", "export_model", "wrap_onnx", "default_cache_dir", "load_onnx", "fix_erfc", "asdict"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import keras
+from dlcbench.quiet import import_quietly
+
+keras = import_quietly("keras")
 
 
 @keras.saving.register_keras_serializable(package="dlcbench")

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dlcbench.errors import BadInputError
+from dlcbench.fieldtypes import coerce_value
 
 PRESETS = ("tiny", "default")
 
@@ -83,18 +84,23 @@ class ModelSpec:
     def resolve_params(self, preset: str = "default", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Returns validated parameters: the preset updated with ``overrides``.
 
+        A parameter's type is that of its preset value: an int takes only integers (``1.7`` is refused,
+        not truncated), a float any finite number, a bool only ``true``/``false``.
+
         Raises:
-            BadInputError: unknown preset or parameter, or an invalid value.
+            BadInputError: unknown preset or parameter, or a value of the wrong type or range.
         """
         if preset not in self.presets:
             raise BadInputError(f"unknown preset {preset!r} for {self.name}; valid: {', '.join(self.presets)}")
         params = dict(self.presets[preset])
+        kinds = {key: type(value).__name__ for key, value in sorted(params.items())}
+        types = (f"all {next(iter(kinds.values()))}" if len(set(kinds.values())) == 1
+                 else ", ".join(f"{key}: {kind}" for key, kind in kinds.items()))
+        valid = f"{', '.join(kinds)} ({types})"
         for key, value in (overrides or {}).items():
             if key not in params:
-                raise BadInputError(
-                    f"unknown parameter {key!r} for model {self.name}; valid: {', '.join(sorted(params))}"
-                )
-            params[key] = type(params[key])(value) if not isinstance(params[key], bool) else bool(value)
+                raise BadInputError(f"unknown parameter {key!r} for model {self.name}; valid: {valid}")
+            params[key] = coerce_value(type(params[key]), value, f"parameter {key!r} of model {self.name}", valid)
         for key in self.int_params:
             if int(params[key]) <= 0:
                 raise BadInputError(f"parameter {key} of {self.name} must be a positive integer, got {params[key]}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from dlcbench.config import positive_int, split_list
 from dlcbench.errors import BadInputError
 from dlcbench.orchestrate.launcher import run_isolated
 from dlcbench.measure.job import JobConfig
@@ -17,9 +19,21 @@ from dlcbench.results.store import DEFAULT_DB, ResultsStore
 from dlcbench.measure.timing import TimingConfig
 
 
-def _split(value: str | list) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(i).strip() for i in items if str(i).strip()]
+def _unique(items: list, what: str, repeated: list[str]) -> list:
+    """``items`` without repeats, first occurrence kept; each repeat is noted in ``repeated``."""
+    seen: list = []
+    for item in items:
+        if item in seen:
+            repeated.append(f"{what} {item}")
+        else:
+            seen.append(item)
+    return seen
+
+
+def _is_path(model: str) -> bool:
+    """Whether a ``--models`` entry names a file or directory rather than a zoo model (as the exporter decides)."""
+    return (model.endswith((".onnx", ".keras")) or os.sep in model or "/" in model or Path(model).suffix != ""
+            or Path(model).is_dir())
 
 
 @dataclass
@@ -39,7 +53,17 @@ class ExperimentConfig:
         timeout_s: Per-job time limit (export + compile + check + timing).
         force: Rerun jobs already recorded.
         timing: Warm-up and measurement rules.
-        out_root: Where artifacts go (one directory per job).
+        out_root: Where artifacts go (one directory per job); relative to the caller's working directory.
+        retry_failed: Rerun the jobs recorded as failed (not the successful ones).
+        db_wait: Seconds a database write waits for another process's lock (None: the store's default).
+
+    Validation happens here, for the whole matrix at once: repeated models, backends and batches are
+    dropped (listed in ``repeated``); model paths are made absolute against the working directory.
+
+    Raises:
+        BadInputError: an unknown backend, model, precision, target or preset; a missing model file; a
+            precision or target no backend of the matrix can compile; a non-positive batch, thread count or
+            timeout.
     """
 
     name: str
@@ -55,28 +79,54 @@ class ExperimentConfig:
     force: bool = False
     timing: TimingConfig = field(default_factory=TimingConfig)
     out_root: Path = Path("out") / "experiments"
+    retry_failed: bool = False
+    db_wait: float | None = None
 
     def __post_init__(self):
-        from dlcbench.compilers.registry import backend_names
-        from dlcbench.models.zoo import get_model
+        from dlcbench.compilers.base import PRECISIONS, TARGETS
+        from dlcbench.compilers.registry import get_adapter_class
+        from dlcbench.models.zoo import PRESETS, get_model
 
-        self.models, self.backends = _split(self.models), _split(self.backends)
+        self.models, self.backends = split_list(self.models), split_list(self.backends)
         try:
-            self.batches = [int(b) for b in _split(self.batches)]
+            self.batches = [int(b) for b in split_list(self.batches)]
         except ValueError:
             raise BadInputError(f"batches must be integers, got {self.batches}") from None
         if not self.name or not self.models or not self.backends or not self.batches:
             raise BadInputError("empty matrix: give a --name and at least one model, backend and batch")
-        known = backend_names()
-        for backend in self.backends:
-            if backend not in known:
-                raise BadInputError(f"unknown backend {backend!r}; valid: {', '.join(known)}")
+        for batch in self.batches:
+            positive_int("batch", batch)
+        positive_int("threads", self.threads)
+        if not self.timeout_s > 0:
+            raise BadInputError(f"the job timeout must be positive, got {self.timeout_s}")
+        if self.db_wait is not None and not self.db_wait >= 0:
+            raise BadInputError(f"the database wait must be >= 0 seconds, got {self.db_wait}")
+        if self.precision not in PRECISIONS:
+            raise BadInputError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.target not in TARGETS:
+            raise BadInputError(f"unknown target {self.target!r}; valid: {', '.join(TARGETS)}")
+        if self.preset not in PRESETS:
+            raise BadInputError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        classes = {b: get_adapter_class(b) for b in self.backends}  # unknown or broken: one line, listing valid
+        for what, value in (("precision", self.precision), ("target", self.target)):
+            if not any(value in getattr(cls, what + "s") for cls in classes.values()):
+                can = "; ".join(f"{b}: {', '.join(getattr(cls, what + 's'))}" for b, cls in classes.items())
+                raise BadInputError(f"no backend of the matrix has {what} {value} ({can})")
+        models = []
         for model in self.models:
-            if not any(model.endswith(s) for s in (".onnx", ".keras")) and not Path(model).is_dir():
-                get_model(model)
-        if any(b <= 0 for b in self.batches) or self.threads <= 0 or self.timeout_s <= 0:
-            raise BadInputError("batches, threads and timeout must be positive")
-        self.db, self.out_root = Path(self.db), Path(self.out_root)
+            if _is_path(model):
+                path = Path(os.path.abspath(Path(model).expanduser()))  # the caller's directory, not the worker's
+                if not path.exists():
+                    raise BadInputError(f"model file not found: {model} (looked for {path})")
+                models.append(str(path))
+            else:
+                get_model(model).resolve_params(self.preset)
+                models.append(model)
+        self.repeated: list[str] = []
+        self.models = _unique(models, "model", self.repeated)
+        self.backends = _unique(self.backends, "backend", self.repeated)
+        self.batches = _unique(self.batches, "batch", self.repeated)
+        self.db, self.out_root = Path(self.db), Path(os.path.abspath(self.out_root))
 
     def jobs(self) -> list[JobConfig]:
         """The matrix as job configs, models outermost."""
@@ -90,7 +140,7 @@ class ExperimentConfig:
 
 def job_key(job: JobConfig) -> str:
     """Identity of a job inside an experiment (what a rerun skips)."""
-    ident = {k: v for k, v in asdict(job).items() if k not in ("out_dir", "timing")}
+    ident = {k: v for k, v in asdict(job).items() if k not in ("out_dir", "timing", "force_export")}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -98,35 +148,74 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
                    environment: dict[str, Any] | None = None) -> dict[str, int]:
     """Runs every job not yet recorded, each isolated; stores each row as soon as it exists.
 
+    Each job is claimed in the database first, so a second run of the same experiment skips the jobs
+    this one is running (and the reverse). A finished job's row that cannot be written because another
+    process keeps the database locked goes to the store's journal (``NAME.pending/``), which the next run
+    imports; it is never dropped.
+
     Returns:
-        Counts: ``total``, ``skipped`` (already done), ``ok``, ``failed``.
+        Counts: ``total`` (distinct jobs), ``skipped`` (already recorded), ``held`` (another run has them),
+        ``ok``, ``failed`` (run now; journaled ones included), ``journaled`` (waiting in the journal),
+        ``repeated`` (duplicate matrix entries dropped).
     """
     from dlcbench.results.env import environment as collect_environment
 
     say = progress or (lambda line: print(line, file=sys.stderr))
-    with ResultsStore(config.db) as store:
-        store.ensure_experiment(config.name, {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()})
+    for entry in config.repeated:
+        say(f"{config.name}: ignoring repeated {entry}")
+    skip_statuses = () if config.force else ("ok",) if config.retry_failed else ("ok", "failed")
+    exp_config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    with ResultsStore(config.db, timeout=config.db_wait, say=say) as store:
+        store.ensure_experiment(config.name, exp_config)
         jobs = config.jobs()
-        done = set() if config.force else store.done_keys(config.name)
+        done = store.done_keys(config.name, skip_statuses)
         todo = [j for j in jobs if job_key(j) not in done]
-        counts = {"total": len(jobs), "skipped": len(jobs) - len(todo), "ok": 0, "failed": 0}
+        counts = {"total": len(jobs), "skipped": len(jobs) - len(todo), "held": 0, "ok": 0, "failed": 0,
+                  "journaled": 0, "repeated": len(config.repeated)}
         if not todo:
-            say(f"{config.name}: all {len(jobs)} jobs already recorded (use --force to rerun)")
+            hint = "--retry-failed reruns failed ones, --force all" if not config.retry_failed else "--force reruns all"
+            say(f"{config.name}: all {len(jobs)} jobs already recorded ({hint})")
             return counts
-        env_id = store.add_environment(environment or collect_environment(config.threads))
-        for index, job in enumerate(todo, 1):
-            label = f"{Path(job.model).stem}/{job.backend}/b{job.batch}"
-            bar = "#" * (20 * (index - 1) // len(todo))
-            say(f"[{bar:<20}] {index}/{len(todo)} {label} ...")
-            start = time.perf_counter()
-            row = run_isolated(job, config.timeout_s)
-            row.update(model=job.model, backend=job.backend, target=job.target, precision=job.precision,
-                       batch=job.batch, threads=job.threads,
-                       config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()})
-            store.add_result(config.name, job_key(job), row, env_id)
-            counts["ok" if row["status"] == "ok" else "failed"] += 1
-            outcome = f"{row['median_ms']:.4f} ms" if row.get("median_ms") is not None else ""
-            if row["status"] != "ok":
-                outcome = f"{row['category']}: {row.get('message', '')[:160]} {outcome}".strip()
-            say(f"    {label}: {outcome} ({time.perf_counter() - start:.1f} s)")
+        record = environment or collect_environment(config.threads)
+        env_id = store.add_environment(record)
+        try:
+            for index, job in enumerate(todo, 1):
+                key = job_key(job)
+                label = f"{Path(job.model).stem}/{job.backend}/b{job.batch}"
+                why_not = store.claim(config.name, key, skip_statuses)
+                if why_not:
+                    counts["held" if why_not.startswith("held") else "skipped"] += 1
+                    say(f"    {label}: skipped, {why_not}")
+                    continue
+                bar = "#" * (20 * (index - 1) // len(todo))
+                say(f"[{bar:<20}] {index}/{len(todo)} {label} ...")
+                start = time.perf_counter()
+                row = run_isolated(job, config.timeout_s)
+                row.update(model=job.model, backend=job.backend, target=job.target, precision=job.precision,
+                           batch=job.batch, threads=job.threads,
+                           config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()})
+                counts["ok" if row["status"] == "ok" else "failed"] += 1
+                try:
+                    store.add_result(config.name, key, row, env_id)
+                except BadInputError as err:  # locked (or unwritable): keep the row beside the database
+                    path = store.journal_result(config.name, key, row, record, exp_config)
+                    counts["journaled"] += 1
+                    say(f"warning: {err}; the result of {label} is kept in {path} and the next run imports it")
+                latency = next((m for m in row.get("metrics", []) if m["name"] == "latency"), None)
+                outcome = f"{latency['value']:.4f} ms" if latency else ""
+                if row["status"] != "ok":
+                    outcome = f"{row['category']}: {row.get('message', '')[:160]} {outcome}".strip()
+                say(f"    {label}: {outcome} ({time.perf_counter() - start:.1f} s)")
+        finally:
+            store.release_claims()
         return counts
+
+
+def summary_line(config: ExperimentConfig, counts: dict[str, int]) -> str:
+    """One line saying what a run did (what ``compare`` prints)."""
+    extra = [f"{counts['held']} held by another run" if counts.get("held") else "",
+             f"{counts['journaled']} waiting in {Path(str(config.db) + '.pending')}" if counts.get("journaled") else "",
+             f"{counts['repeated']} repeated matrix entries ignored" if counts.get("repeated") else ""]
+    extra_text = "".join(f", {e}" for e in extra if e)
+    return (f"{config.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already recorded"
+            f"{extra_text} (of {counts['total']}); database {config.db}")

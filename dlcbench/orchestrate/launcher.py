@@ -1,24 +1,338 @@
-"""Run one job in its own process with a timeout; every failure becomes a categorised record.
+"""Isolated worker processes: the one place dlcbench starts a Python worker it must be able to stop.
 
-Categories: ``unavailable``, ``export_error``, ``compile_error``, ``unsupported_op``,
-``runtime_error``, ``crash``, ``timeout``, ``accuracy_fail`` (and ``bad_input``).
+Experiments (:func:`run_isolated`), ``dlcbench compile`` (:func:`run_supervised`) and the coverage workers
+build on :func:`start_worker`, :func:`wait_worker`, :func:`end_group` and :func:`classify_exit`. A worker
+
+* runs in its own session, so its process group (it and whatever it starts) is ended as one;
+* dies with the thread that started it: :func:`become_worker`, a worker's first call, sets Linux's
+  parent-death signal (SIGKILL), which fires when that *thread* ends, so start a worker from the thread
+  that waits for it (elsewhere than Linux a watchdog thread polls the parent's pid instead);
+* is ended (SIGTERM to its group, SIGKILL after a grace period) on a timeout, on any exception in the
+  waiting thread (Ctrl-C; SIGTERM, which :func:`dlcbench.errors.run_cli` turns into an exception) and at
+  interpreter exit;
+* keeps its temporary files in a directory of :func:`owned_mkdtemp` (its ``TMPDIR``), removed on the way
+  out, or, when this process is killed outright, by the janitor: a small watcher process that, once this
+  process is gone, ends the worker groups and removes the directories still registered with it.
+
+Experiment rows carry a category: ``unavailable``, ``export_error``, ``compile_error``,
+``unsupported_op``, ``runtime_error``, ``crash``, ``timeout``, ``accuracy_fail`` (and ``bad_input``).
+
+This module imports only the standard library and :mod:`dlcbench.errors` at module level (it also serves
+machines without the rest of dlcbench); job-related modules are imported inside the functions that use them.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
-from dlcbench.errors import one_line
-from dlcbench.measure.job import JobConfig, JobResult
-from dlcbench.measure.timing import TimingConfig
+from dlcbench.errors import DlcbenchError, ExitCode, JobCrashError, JobTimeoutError, one_line
+
+if TYPE_CHECKING:
+    from dlcbench.measure.job import JobConfig
+
+#: How a worker learns its launcher's pid (read and removed by :func:`become_worker`).
+LAUNCHER_PID_ENV = "DLCBENCH_LAUNCHER_PID"
+#: Seconds a worker group gets between SIGTERM and SIGKILL.
+GRACE_S = 3.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+# --------------------------------------------------------------------------- the worker side
+
+
+def become_worker() -> None:
+    """A worker's first call: die with the thread that started it; exit now if the launcher is already gone.
+
+    Does nothing in a process not started by :func:`start_worker`.
+    """
+    launcher = os.environ.pop(LAUNCHER_PID_ENV, None)
+    if not launcher:
+        return
+    if not _set_parent_death_signal(signal.SIGKILL):
+        threading.Thread(target=_watch_parent, args=(int(launcher),), name="dlcbench-parent-watch",
+                         daemon=True).start()
+    if os.getppid() != int(launcher):  # it died before the signal was armed
+        os._exit(ExitCode.TERMINATED)
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(launcher: int) -> None:
+    while os.getppid() == launcher:
+        time.sleep(0.5)
+    _signal_group(os.getpgrp(), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- the launcher side
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a worker ended.
+
+    Attributes:
+        status: ``ok`` (exit code 0), ``exit`` (another exit code), ``crash`` (killed by a signal) or
+            ``timeout`` (killed for running past its time limit).
+        returncode: The process's return code (negative: the signal's number).
+        signal: The signal's name for a ``crash``.
+        message: What happened, to follow "worker ...": ``crashed with SIGSEGV``, ``exited with code 3``...
+    """
+
+    status: str
+    returncode: int | None
+    signal: str | None
+    message: str
+
+
+def classify_exit(returncode: int | None, timeout_s: float | None = None) -> Exit:
+    """Classifies a worker's end; ``timeout_s`` given means it was killed for running past that limit."""
+    if timeout_s is not None:
+        return Exit("timeout", returncode, None, f"had no result after {timeout_s:g} s; killed")
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        oom = " (possibly out of memory)" if -returncode == signal.SIGKILL else ""
+        return Exit("crash", returncode, name, f"crashed with {name}{oom}")
+    if returncode == 0:
+        return Exit("ok", 0, None, "exited normally")
+    return Exit("exit", returncode, None, f"exited with code {returncode}")
+
+
+_live: dict[int, subprocess.Popen] = {}
+_live_lock = threading.Lock()
+_exiting = False
+
+
+def start_worker(argv: list[str], env: dict[str, str] | None = None, **popen_kwargs: Any) -> subprocess.Popen:
+    """Starts ``python ARGV`` as an isolated worker in its own session; ``env`` adds to this environment.
+
+    The worker should call :func:`become_worker` first. Pair every start with :func:`end_group` (or
+    :func:`wait_worker`, which ends it).
+    """
+    with _live_lock:
+        if _exiting:
+            raise RuntimeError("the interpreter is exiting: no new worker")
+        proc = subprocess.Popen([sys.executable, *argv], start_new_session=True,
+                                env={**os.environ, **(env or {}), LAUNCHER_PID_ENV: str(os.getpid())},
+                                **popen_kwargs)
+        _live[proc.pid] = proc
+    _janitor.register("group", proc.pid)
+    return proc
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def end_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
+    """Ends a worker's whole process group: SIGTERM, SIGKILL after ``grace_s``; waits for the worker.
+
+    Also right for a worker that already exited: what it started and left behind is ended too.
+    """
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with _live_lock:
+        _live.pop(proc.pid, None)
+    _janitor.unregister("group", proc.pid)
+
+
+def wait_worker(proc: subprocess.Popen, timeout_s: float | None = None) -> tuple[Exit, Any]:
+    """Waits for a worker up to ``timeout_s``, collecting what it writes to pipes; ends its group in every case.
+
+    An exception while waiting (``KeyboardInterrupt``, :class:`dlcbench.errors.Terminated`) ends the group,
+    then propagates. Returns the :class:`Exit` and the worker's stdout (None when not piped).
+    """
+    timed_out = False
+    try:
+        try:
+            output, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _signal_group(proc.pid, signal.SIGKILL)
+            try:
+                output, _ = proc.communicate(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:  # something outside the group still holds the pipe
+                output = None
+    finally:
+        end_group(proc)
+    return classify_exit(proc.returncode, timeout_s if timed_out else None), output
+
+
+def end_all() -> None:
+    """Ends every worker this process started that is still running."""
+    with _live_lock:
+        procs = list(_live.values())
+    for proc in procs:
+        end_group(proc, grace_s=1.0)
+
+
+@atexit.register
+def _end_all_at_exit() -> None:
+    global _exiting
+    with _live_lock:
+        _exiting = True  # daemon threads still run: they must not start workers now
+    end_all()
+
+
+def owned_mkdtemp(prefix: str = "dlcbench-") -> Path:
+    """A new temporary directory that the janitor removes if this process dies before :func:`remove_owned`."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _janitor.register("dir", str(path))
+    return path
+
+
+def remove_owned(path: Path) -> None:
+    """Removes a directory of :func:`owned_mkdtemp`."""
+    shutil.rmtree(path, ignore_errors=True)
+    _janitor.unregister("dir", str(path))
+
+
+@contextmanager
+def owned_temp_dir(prefix: str = "dlcbench-") -> Iterator[Path]:
+    """:func:`owned_mkdtemp` as a context manager: removed on the way out, whatever the way."""
+    path = owned_mkdtemp(prefix)
+    try:
+        yield path
+    finally:
+        remove_owned(path)
+
+
+class _Janitor:
+    """This process's janitor: a watcher process, started on first use, that cleans up once we are gone.
+
+    We send it what to clean (JSON lines on its stdin: ``["+", "group", PGID]``, ``["-", "dir", PATH]``...);
+    when its stdin reaches end of file, which happens when this process exits however it exits (SIGKILL
+    included), it kills the groups and removes the directories still registered, then exits.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._owner = 0
+        self._starts = 0
+        self._items: set[tuple[str, Any]] = set()
+        self._lock = threading.Lock()
+
+    def register(self, kind: str, value: Any) -> None:
+        with self._lock:
+            self._items.add((kind, value))
+            self._send("+", kind, value)
+
+    def unregister(self, kind: str, value: Any) -> None:
+        with self._lock:
+            self._items.discard((kind, value))
+            self._send("-", kind, value)
+
+    def _send(self, op: str, kind: str, value: Any) -> None:
+        try:
+            if self._proc is None or self._owner != os.getpid() or self._proc.poll() is not None:
+                if op == "-" or (self._owner == os.getpid() and self._starts >= 3):  # it keeps dying: do without
+                    return
+                self._start()
+            else:
+                self._proc.stdin.write(json.dumps([op, kind, value]) + "\n")
+                self._proc.stdin.flush()
+        except (OSError, ValueError):  # no janitor: the launcher still cleans up whenever it lives to
+            self._proc = None
+
+    def _start(self) -> None:
+        # Its own session, so that a Ctrl-C at the terminal or a signal to our group does not reach it.
+        if self._owner != os.getpid():
+            self._owner, self._starts = os.getpid(), 0
+        self._starts += 1
+        # It imports the dlcbench this file belongs to, installed or not (a bundle's run.py uses a copy).
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        self._proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--janitor"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                      start_new_session=True, env=env)
+        self._proc.stdin.write("".join(json.dumps(["+", k, v]) + "\n" for k, v in sorted(self._items)))
+        self._proc.stdin.flush()
+
+
+_janitor = _Janitor()
+
+
+def _janitor_main() -> int:
+    groups: set[int] = set()
+    dirs: set[str] = set()
+    for line in sys.stdin:
+        try:
+            op, kind, value = json.loads(line)
+        except ValueError:
+            continue
+        items = groups if kind == "group" else dirs
+        (items.add if op == "+" else items.discard)(value)
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while groups and time.monotonic() < deadline:  # a dying process may still be writing into its directory
+        time.sleep(0.05)
+        groups = {g for g in groups if _group_exists(g)}
+    for path in dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    return 0
+
+
+def _group_exists(pgid: int) -> bool:
+    """Whether a live (not zombie) process is in group ``pgid``: our dead workers are orphans, and init may
+    be slow to reap them."""
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        entries = None
+    if entries is not None:
+        for pid in entries:
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    state, _, pgrp = fh.read().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(pgrp) == pgid and state != "Z":
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- jobs
 
 
 def job_to_dict(job: JobConfig) -> dict[str, Any]:
@@ -30,58 +344,78 @@ def job_to_dict(job: JobConfig) -> dict[str, Any]:
 
 def job_from_dict(data: dict[str, Any]) -> JobConfig:
     """Rebuilds a :class:`JobConfig` from :func:`job_to_dict`'s output."""
+    from dlcbench.measure.job import JobConfig
+    from dlcbench.measure.timing import TimingConfig
+
     data = dict(data)
     data["timing"] = TimingConfig(**data["timing"])
     return JobConfig(**data)
 
 
-def result_row(result: JobResult) -> dict[str, Any]:
-    """Flattens a job result into a results-store row."""
-    stats = result.timing["stats"]
-    native = result.native_timing
-    row = {
-        "status": "ok" if result.passed else "failed",
-        "category": None if result.passed else "accuracy_fail",
-        "message": result.failure_message or None,
-        "median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"], "mean_ms": stats["mean_ms"],
-        "std_ms": stats["std_ms"], "cv": stats["cv"], "unstable": stats["unstable"],
-        "throughput": stats["throughput_per_s"],
-        "native_median_ms": native["stats"]["median_ms"] if native else None,
-        "compile_seconds": result.compile_seconds,
-        "tuning_seconds": result.manifest.get("extra", {}).get("tuning_seconds"),
-        "artifact_bytes": result.artifact_bytes, "peak_rss_mb": result.peak_rss_mb,
-        "flops": result.model["summary"].get("flops"),
-        "stats": {**stats, "parameters": result.model["summary"].get("parameters")}, "samples": result.timing["samples_s"], "native": native,
-        "check_metrics": result.check, "manifest": result.manifest,
-    }
-    return row
-
-
-def failure_row(category: str, message: str) -> dict[str, Any]:
-    return {"status": "failed", "category": category, "message": one_line(message, 1000)}
+def _start_job(job: JobConfig, tmp: Path, mode: list[str], **popen_kwargs: Any) -> tuple[subprocess.Popen, Path]:
+    job_file, out_file, scratch = tmp / "job.json", tmp / "result.json", tmp / "tmp"
+    job_file.write_text(json.dumps(job_to_dict(job)))
+    scratch.mkdir()
+    env = {**(popen_kwargs.pop("env", None) or {}), "TMPDIR": str(scratch)}  # the job's temporary files stay inside
+    proc = start_worker(["-m", "dlcbench.orchestrate.worker", *mode, str(job_file), str(out_file)], env=env,
+                        **popen_kwargs)
+    return proc, out_file
 
 
 def run_isolated(job: JobConfig, timeout_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Runs ``job`` in a fresh Python process; returns a results-store row (never raises for job failures)."""
-    with tempfile.TemporaryDirectory(prefix="dlcbench-job-") as tmp:
-        job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job_file.write_text(json.dumps(job_to_dict(job)))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dlcbench.orchestrate.worker", str(job_file), str(out_file)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True, env={**os.environ, **(env or {})},
-        )
-        try:
-            output, _ = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    from dlcbench.measure.trackers import failure_row
+
+    with owned_temp_dir("dlcbench-job-") as tmp:
+        proc, out_file = _start_job(job, tmp, [], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
+        ended, output = wait_worker(proc, timeout_s)
+        if ended.status == "timeout":
             return failure_row("timeout", f"no result after {timeout_s:g} s; killed")
         if out_file.is_file():
             return json.loads(out_file.read_text())
         tail = one_line(output[-600:], 600) if output else ""
-        if proc.returncode < 0:
-            sig = signal.Signals(-proc.returncode).name
-            oom = " (possibly out of memory)" if sig == "SIGKILL" else ""
-            return failure_row("crash", f"worker died with {sig}{oom}. {tail}".strip())
-        return failure_row("crash", f"worker exited with code {proc.returncode} and no result. {tail}".strip())
+        no_result = "" if ended.status == "crash" else " and no result"
+        return failure_row("crash", f"worker {ended.message}{no_result}. {tail}".strip())
+
+
+class WorkerError(DlcbenchError):
+    """A :class:`dlcbench.errors.DlcbenchError` raised in a worker, raised again here with its exit code and category."""
+
+    def __init__(self, message: str, exit_code: int, category: str):
+        super().__init__(message)
+        self.exit_code, self.category = exit_code, category
+
+
+def run_supervised(job: JobConfig, timeout_s: float | None = None) -> dict[str, Any]:
+    """Runs ``job`` as ``dlcbench compile`` does: in a worker whose output, stdout included, goes to our stderr.
+
+    Only the caller prints on stdout, so a library printing there cannot corrupt ``--json``.
+
+    Returns:
+        ``{"result": JobResult.to_dict(), "summary": format_summary text}``.
+
+    Raises:
+        WorkerError: The job failed with a dlcbench error (same message, exit code and category).
+        JobCrashError: The worker died (a signal, or an exit without a result).
+        JobTimeoutError: It ran past ``timeout_s``.
+    """
+    what = f"the {job.backend} job on {job.model}"
+    with owned_temp_dir("dlcbench-job-") as tmp:
+        sys.stderr.flush()
+        proc, out_file = _start_job(job, tmp, ["--cli"], stdin=subprocess.DEVNULL, stdout=2)
+        ended, _ = wait_worker(proc, timeout_s)
+        if ended.status == "timeout":
+            raise JobTimeoutError(f"{what} had no result after {timeout_s:g} s; killed")
+        if not out_file.is_file():
+            detail = "" if ended.status == "crash" else " without a result"
+            raise JobCrashError(f"{what} {ended.message}{detail} (its output is above)")
+        payload = json.loads(out_file.read_text())
+    if "error" in payload:
+        error = payload["error"]
+        raise WorkerError(error["message"], error["exit_code"], error["category"])
+    return payload
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--janitor"]:
+    sys.exit(_janitor_main())

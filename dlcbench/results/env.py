@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -11,6 +10,8 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+
+from dlcbench import jsonio
 
 PACKAGES = ("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi",
             "tensorrt", "openvino", "torch", "onnx2torch", "xgboost-cpu")
@@ -142,4 +143,4 @@ def environment(threads: int | None = None, peak: bool = True) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(environment(), indent=2))
+    print(jsonio.dumps(environment(), indent=2))

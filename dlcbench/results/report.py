@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from dlcbench.errors import BadInputError
+from dlcbench.measure.trackers import metric_of, value_of
+from dlcbench.outputs import OutputKind, Owned, staged_output
 from dlcbench.results.store import ResultsStore
 
 
@@ -44,8 +46,9 @@ def plot_latency(rows, path: Path) -> None:
             meds, lo, hi = [], [], []
             for model in models:
                 row = next((r for r in rows if series(r) == backend and _label(r) == model and r["batch"] == batch), None)
-                samples = np.asarray(row["samples"]) * 1e3 if row and row.get("samples") else None
-                if samples is None or row["median_ms"] is None:
+                latency = metric_of(row, "latency") if row else None
+                samples = np.asarray(latency["samples"]) if latency and latency.get("samples") else None
+                if samples is None:
                     meds.append(np.nan), lo.append(0), hi.append(0)
                     continue
                 med = float(np.median(samples))
@@ -67,7 +70,7 @@ def speedups(rows, baseline: str) -> tuple[list[str], list[str], np.ndarray]:
     batch = min(r["batch"] for r in rows)
     models = sorted({_label(r) for r in rows})
     backends = sorted({series(r) for r in rows})
-    med = {(_label(r), series(r)): r["median_ms"] for r in rows if r["batch"] == batch and r["median_ms"]}
+    med = {(_label(r), series(r)): value_of(r, "latency") for r in rows if r["batch"] == batch and value_of(r, "latency")}
     grid = np.full((len(models), len(backends)), np.nan)
     for i, model in enumerate(models):
         base = med.get((model, baseline))
@@ -101,8 +104,9 @@ def plot_scaling(rows, path: Path) -> None:
     plt = _plt()
     lines = defaultdict(list)
     for r in rows:
-        if r["throughput"]:
-            lines[(_label(r), series(r))].append((r["batch"], r["throughput"]))
+        throughput = (metric_of(r, "latency") or {}).get("detail", {}).get("throughput_per_s")
+        if throughput:
+            lines[(_label(r), series(r))].append((r["batch"], throughput))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (model, backend), points in sorted(lines.items()):
         points.sort()
@@ -122,14 +126,14 @@ def roofline_points(rows) -> list[dict[str, Any]]:
     """Achieved GFLOP/s and arithmetic intensity (FLOPs per weight byte) of each successful row."""
     points = []
     for r in rows:
-        if not (r["median_ms"] and r.get("flops")):
+        median_ms, flops = value_of(r, "latency"), value_of(r, "flops")
+        if not (median_ms and flops):
             continue
         manifest = r.get("manifest") or {}
-        params = (r.get("stats") or {}).get("parameters")
-        weight_bytes = 4 * (params or 0) or max(r.get("artifact_bytes") or 0, 1)
+        weight_bytes = 4 * (value_of(r, "parameters") or 0) or max(value_of(r, "artifact_size") or 0, 1)
         points.append({"label": f"{_label(r)}/{series(r)}/b{r['batch']}", "backend": series(r),
-                       "gflops": r["flops"] / (r["median_ms"] / 1e3) / 1e9,
-                       "intensity": r["flops"] / weight_bytes, "target": manifest.get("target")})
+                       "gflops": flops / (median_ms / 1e3) / 1e9,
+                       "intensity": flops / weight_bytes, "target": manifest.get("target")})
     return points
 
 
@@ -160,34 +164,59 @@ def plot_roofline(rows, environment: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+REPORT_FILES = ("report.md", "latency.png", "speedup.png", "scaling.png", "roofline.png")
+
+
+def _report_files(directory: Path) -> Owned | None:
+    """Recognises a report written before reports carried dlcbench's output marker."""
+    try:
+        with open(Path(directory) / "report.md") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return Owned(frozenset(REPORT_FILES)) if first.startswith("# dlcbench report: ") else None
+
+
+#: A report directory (``report --out``).
+REPORT = OutputKind("report", "a dlcbench report", recognise=_report_files)
+
+
 def write_report(db: Path, experiment: str, out_dir: Path, baseline: str | None = None) -> Path:
-    """Writes ``report.md`` and the PNG plots for ``experiment``; returns the report path.
+    """Writes ``report.md`` and the PNG plots for ``experiment`` into ``out_dir``; returns the report path.
+
+    The report is written into a hidden sibling and renamed to ``out_dir`` when complete; an existing
+    ``out_dir`` is replaced only if it is empty or an earlier report.
 
     Raises:
-        BadInputError: unknown experiment, or one with no successful job to plot.
+        BadInputError: unknown experiment, one with no successful job to plot, or an ``out_dir``
+            that is a file or holds something other than a report.
     """
-    out_dir = Path(out_dir)
-    with ResultsStore(db) as store:
+    with staged_output(Path(out_dir), REPORT) as staging:
+        _write_report_files(db, experiment, staging, baseline)
+    return Path(out_dir) / "report.md"
+
+
+def _write_report_files(db: Path, experiment: str, out_dir: Path, baseline: str | None) -> None:
+    with ResultsStore(db, readonly=True) as store:
         rows = store.results(experiment)
         env_ids = sorted({r["environment_id"] for r in rows if r["environment_id"]})
         environments = [store.environment(i) for i in env_ids]
         cpu_envs = [e for e in environments if not e.get("gpus")] or environments
         environment = cpu_envs[0] if cpu_envs else {}
         table = store.export(experiment, "md")
-    good = [r for r in rows if r["median_ms"] is not None]
+    good = [r for r in rows if value_of(r, "latency") is not None]
     if not good:
         raise BadInputError(f"experiment {experiment!r} has no timed job to report")
     backends = sorted({series(r) for r in good})
     baseline = baseline or ("onnxruntime" if "onnxruntime" in backends else backends[0])
     if baseline not in backends:
         raise BadInputError(f"baseline {baseline!r} has no results in {experiment}; valid: {', '.join(backends)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     plot_latency(good, out_dir / "latency.png")
     plot_speedup(good, baseline, out_dir / "speedup.png")
     plot_scaling(good, out_dir / "scaling.png")
     plot_roofline(good, environment, out_dir / "roofline.png")
     failures = [r for r in rows if r["status"] != "ok"]
-    unstable = [r for r in good if r["unstable"]]
+    unstable = [r for r in good if metric_of(r, "latency")["detail"].get("unstable")]
     machines = []
     for env in environments:
         gpus = ", ".join(f"{g.get('name')} (driver {g.get('driver')})" for g in env.get("gpus", [])) or "none"
@@ -207,6 +236,4 @@ def write_report(db: Path, experiment: str, out_dir: Path, baseline: str | None 
     if failures:
         lines += ["## Failures", ""] + [f"- {Path(r['model']).stem}/{series(r)}/b{r['batch']}: "
                                         f"**{r['category']}**: {r['message']}" for r in failures] + [""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    (out_dir / "report.md").write_text("\n".join(lines))

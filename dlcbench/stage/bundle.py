@@ -1,12 +1,14 @@
-"""GPU bundles: TVM artifacts compiled here, run and timed on a GPU machine that has no TVM, results back.
+"""Bundles: TVM artifacts compiled here, run and timed on a machine that has no TVM (a GPU machine), results back.
 
 A bundle is one directory that travels to the GPU machine (which has Python, numpy and an NVIDIA driver,
-but no TVM, no dlcbench and no network):
+but no TVM, no dlcbench and no network); ``--target cpu`` builds one for a CPU machine the same way:
 
 ``run.py``
-    The standalone runner (a copy of ``dlcbench/stage/bundle_runner.py``: stdlib, numpy and the bundled
-    ``tvm_ffi`` only). It unpacks the bundle, loads each artifact, checks it against the reference and
-    times it with the host clock and TVM's CUDA timer, and writes a results JSON file.
+    The standalone runner (a copy of ``dlcbench/stage/bundle_runner.py``: stdlib, numpy, the bundled
+    ``tvm_ffi`` and the bundled dlcbench modules only). It unpacks the bundle, loads each artifact, checks it
+    against the reference with :mod:`dlcbench.measure.check`, times it with :mod:`dlcbench.measure.timing`
+    (host clock) and TVM's own timer (CUDA events), each artifact in a worker process of
+    :mod:`dlcbench.orchestrate.launcher`, and writes a results JSON file.
 ``bundle.json``
     The index: every file (stored path, size, SHA-256, compression), every artifact (model, preset,
     batch, arch, input/output specs, weights), the tolerances, the versions, the total size and the limit,
@@ -14,7 +16,9 @@ but no TVM, no dlcbench and no network):
 ``py/``
     ``tvm_ffi`` for the target Python (from its wheel, or copied from this interpreter when the versions
     match), without headers, sources, CMake files and stubs, plus a minimal ``dist-info`` so that
-    ``tvm_ffi`` finds its own ``libtvm_ffi.so`` there rather than in any installed copy.
+    ``tvm_ffi`` finds its own ``libtvm_ffi.so`` there rather than in any installed copy; and
+    ``py/dlcbench/``: this dlcbench's modules that ``run.py`` imports (:data:`RUNNER_MODULES`), unmodified
+    and stored uncompressed, so that ``run.py`` imports them before it unpacks anything.
 ``lib/``
     ``libtvm_runtime.so`` and, for CUDA, ``libtvm_runtime_cuda.so`` and the CUDA runtime library it needs
     (``libcudart.so.13``, found in the CUDA toolkit or the ``nvidia-cuda-runtime`` wheel); the driver
@@ -46,7 +50,6 @@ import json
 import lzma
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -59,16 +62,26 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from dlcbench import __version__
+from dlcbench import __version__, jsonio
+from dlcbench.config import cache_dir, positive_int, split_list
 from dlcbench.errors import BackendUnavailableError, BadInputError, DlcbenchError, one_line
+from dlcbench.outputs import OutputKind, Owned, StagedOutput, check_replaceable
 
 BUNDLE_FORMAT = "dlcbench-gpu-bundle/1"
-RESULTS_FORMAT = "dlcbench-gpu-results/1"
+#: What run.py writes: result records with a CPU job's keys (``check``, ``timing``, ``native_timing``...).
+RESULTS_FORMAT = "dlcbench-gpu-results/2"
+#: The first runner's format (records with ``host`` and ``native`` timings), still read.
+RESULTS_FORMAT_V1 = "dlcbench-gpu-results/1"
 DEFAULT_MODELS = ("mlp", "cnn", "bert", "gpt", "mobilenetv2", "resnet50")
 DEFAULT_BATCHES = (1, 8)
 DEFAULT_LIMIT_MB = 60.0
 MB = 1_000_000
 RUNNER_TEMPLATE = Path(__file__).with_name("bundle_runner.py")
+#: dlcbench's modules that run.py imports, shipped unmodified under ``py/``: the package ``__init__`` files and
+#: their module-level imports (standard library and numpy otherwise; tests/stage checks that).
+RUNNER_MODULES = ("dlcbench/__init__.py", "dlcbench/compat.py", "dlcbench/errors.py", "dlcbench/jsonio.py",
+                  "dlcbench/measure/__init__.py", "dlcbench/measure/check.py", "dlcbench/measure/timing.py",
+                  "dlcbench/orchestrate/__init__.py", "dlcbench/orchestrate/launcher.py")
 TARGETS = ("cuda", "cpu")
 #: Files at least this big are stored xz-compressed when that saves at least 3 %.
 COMPRESS_MIN_BYTES = 16 * 1024
@@ -79,14 +92,9 @@ _SYSTEM_LIBS = re.compile(r"(libcuda\.so\.1|libc\.so\..*|libm\.so\..*|libdl\.so\
                           r"|libstdc\+\+\.so\..*|libgcc_s\.so\..*|ld-linux.*)")
 
 
-def _split(value: str | Iterable[Any]) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(i).strip() for i in items if str(i).strip()]
-
-
 def default_wheel_cache() -> Path:
     """Where downloaded wheels are kept: ``$DLCBENCH_CACHE/wheels`` (default ``~/.cache/dlcbench/wheels``)."""
-    return Path(os.environ.get("DLCBENCH_CACHE", Path.home() / ".cache" / "dlcbench")) / "wheels"
+    return cache_dir() / "wheels"
 
 
 @dataclass
@@ -136,7 +144,7 @@ class BundleConfig:
         from dlcbench.models.zoo import PRESETS, get_model
 
         self.out_dir = Path(self.out_dir)
-        self.models = _split(self.models)
+        self.models = split_list(self.models)
         if not self.models:
             raise BadInputError("no models given")
         if self.preset not in PRESETS:
@@ -152,7 +160,7 @@ class BundleConfig:
                 raise BadInputError(f"model {name}:{key[1]} given twice")
             seen.add(key)
         try:
-            self.batches = sorted({int(b) for b in _split(self.batches)})
+            self.batches = sorted({int(b) for b in split_list(self.batches)})
         except ValueError:
             raise BadInputError(f"batches must be integers, got {self.batches}") from None
         if not self.batches or any(b <= 0 for b in self.batches):
@@ -166,8 +174,7 @@ class BundleConfig:
             raise BadInputError(f"python must look like '3.12', got {self.python!r}")
         if not isinstance(self.limit_mb, (int, float)) or not self.limit_mb > 0:
             raise BadInputError(f"limit_mb must be positive, got {self.limit_mb}")
-        if not isinstance(self.threads, int) or self.threads <= 0:
-            raise BadInputError(f"threads must be a positive integer, got {self.threads}")
+        positive_int("threads", self.threads)
         if self.tvm_ffi_wheel is not None:
             self.tvm_ffi_wheel = Path(self.tvm_ffi_wheel)
             if not self.tvm_ffi_wheel.is_file():
@@ -175,9 +182,7 @@ class BundleConfig:
         self.wheel_cache = Path(self.wheel_cache)
         if self.build_dir is not None:
             self.build_dir = Path(self.build_dir)
-        if self.out_dir.exists() and not (self.out_dir.is_dir() and (
-                (self.out_dir / "bundle.json").is_file() or not any(self.out_dir.iterdir()))):
-            raise BadInputError(f"{self.out_dir} exists and is not an earlier bundle or an empty directory")
+        check_replaceable(self.out_dir, BUNDLE)
 
     @property
     def limit_bytes(self) -> int:
@@ -207,7 +212,8 @@ class BundleReport:
 
     def summary(self) -> str:
         """Human-readable lines: size per part, total against the limit, skipped models."""
-        lines = [f"runtime   {self.runtime_bytes / MB:7.2f} MB (tvm_ffi, libtvm_runtime, CUDA runtime, run.py)"]
+        lines = [f"runtime   {self.runtime_bytes / MB:7.2f} MB (tvm_ffi, libtvm_runtime, CUDA runtime, run.py and its "
+                 "dlcbench modules)"]
         for model, size in self.model_bytes.items():
             batches = ",".join(str(i["batch"]) for i in self.items if f"{i['model']}:{i['preset']}" == model)
             lines.append(f"{model:<22}{size / MB:7.2f} MB (batch {batches})")
@@ -231,14 +237,15 @@ class _Stager:
     def size(self) -> int:
         return sum(e["stored_bytes"] for e in self.entries.values())
 
-    def add(self, rel: str, data: bytes, executable: bool = False) -> int:
-        """Stores ``data`` as ``rel`` (compressed when it pays); returns the stored bytes added (0 if present)."""
+    def add(self, rel: str, data: bytes, executable: bool = False, compress: bool = True) -> int:
+        """Stores ``data`` as ``rel`` (compressed when it pays and ``compress``); returns the stored bytes added
+        (0 if present)."""
         if rel in self.entries:
             return 0
         entry: dict[str, Any] = {"path": rel, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                                  "stored": rel, "compression": None, "executable": executable}
         payload = data
-        if self.compress and len(data) >= COMPRESS_MIN_BYTES:
+        if self.compress and compress and len(data) >= COMPRESS_MIN_BYTES:
             packed = lzma.compress(data, preset=6)
             if len(packed) <= 0.97 * len(data):
                 payload, entry["stored"], entry["compression"] = packed, rel + ".xz", "xz"
@@ -450,6 +457,12 @@ def _download_wheel(version: str, python: str, cache: Path, say: Callable[[str],
     return found[-1]
 
 
+def runner_modules() -> dict[str, bytes]:
+    """``dlcbench/...`` path -> contents of each of :data:`RUNNER_MODULES`, from this dlcbench, unmodified."""
+    root = Path(__file__).resolve().parents[2]  # the directory holding this dlcbench package
+    return {rel: (root / rel).read_bytes() for rel in RUNNER_MODULES}
+
+
 def _dist_info(version: str, files: Iterable[str]) -> dict[str, bytes]:
     """A minimal ``dist-info`` so ``tvm_ffi.libinfo`` finds the bundled ``libtvm_ffi.so`` first."""
     base = f"apache_tvm_ffi-{version}.dist-info"
@@ -498,15 +511,14 @@ def _stage_item(stager: _Stager, item_id: str, artifact: Path, manifest: dict, r
     }
 
 
-def _weights_estimate(config: BundleConfig, name: str, preset: str) -> int | None:
-    """Raw weight bytes of a model from its (cached) export, before compiling; None if unknown."""
+def _export_meta(config: BundleConfig, name: str, preset: str) -> dict[str, Any]:
+    """The (cached) export's metadata of a model (its summary, its task), before compiling."""
     from dlcbench.compilers.registry import get_adapter
     from dlcbench.measure.job import JobConfig, export_for
 
     job = JobConfig(backend="tvm", model=name, preset=preset, batch=config.batches[0], seed=config.seed,
                     target=config.target, out_dir=Path("unused"))
-    params = (export_for(get_adapter("tvm"), job).meta.get("summary") or {}).get("parameters")
-    return 4 * int(params) if params else None
+    return export_for(get_adapter("tvm"), job).meta
 
 
 def build_bundle(config: BundleConfig, progress: Callable[[str], None] | None = None) -> BundleReport:
@@ -525,9 +537,8 @@ def build_bundle(config: BundleConfig, progress: Callable[[str], None] | None = 
 
     say = progress or (lambda message: None)
     limit = config.limit_bytes
-    out_dir = config.out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    staged = StagedOutput(config.out_dir, BUNDLE)
+    out_dir, staging = staged.final, staged.directory
     build_tmp = None if config.build_dir else tempfile.TemporaryDirectory(prefix="dlcbench-bundle-build-")
     build_root = Path(config.build_dir or build_tmp.name)
     try:
@@ -546,6 +557,8 @@ def build_bundle(config: BundleConfig, progress: Callable[[str], None] | None = 
                 py_files[rel] = data
         for rel, data in sorted(py_files.items()):
             stager.add(f"py/{rel}", data, executable=rel.endswith(".so"))
+        for rel, data in runner_modules().items():
+            stager.add(f"py/{rel}", data, compress=False)  # run.py imports them before it unpacks
         for rel, data in sorted(licenses.items()):
             stager.add(rel, data)
         libs = runtime_libraries(config.target)
@@ -575,12 +588,14 @@ def build_bundle(config: BundleConfig, progress: Callable[[str], None] | None = 
             label = f"{name}:{preset}"
             room = limit - stager.size() - len(runner_text)
             try:
-                estimate = _weights_estimate(config, name, preset)
+                meta = _export_meta(config, name, preset)
             except DlcbenchError as err:
                 if not config.keep_going:
                     raise
                 skip(label, err.category, str(err))
                 continue
+            params = (meta.get("summary") or {}).get("parameters")
+            estimate = 4 * int(params) if params else None  # raw fp32 weight bytes
             # xz stores random fp32 weights at >= ~80 %: skip without compiling when even that cannot fit.
             if estimate is not None and 0.8 * estimate > room:
                 reason = (f"its {estimate / MB:.1f} MB of fp32 weights cannot fit in the {max(room, 0) / MB:.1f} MB "
@@ -601,7 +616,9 @@ def build_bundle(config: BundleConfig, progress: Callable[[str], None] | None = 
                     result = run_job(job)
                     # TvmAdapter already refuses a CUDA library without device code for the arch.
                     record = _stage_item(stager, item_id, job.out_dir, result.manifest, result)
-                    new_items.append({"id": item_id, "model": name, "preset": preset, "batch": batch, **record})
+                    # task: run.py checks a classifier's top-1/top-5 agreement too, as a CPU job does
+                    new_items.append({"id": item_id, "model": name, "preset": preset, "batch": batch,
+                                      "task": meta.get("task"), **record})
             except DlcbenchError as err:
                 stager.rollback(checkpoint)
                 if not config.keep_going:
@@ -639,13 +656,10 @@ def build_bundle(config: BundleConfig, progress: Callable[[str], None] | None = 
         size = _write_index(staging, index)
         if size > limit:  # the index itself pushed it over (only with a limit cut very fine)
             raise BadInputError(f"bundle is {size / MB:.2f} MB with its index, over the {limit / MB:.2f} MB limit")
-        staging.chmod(0o755)  # mkdtemp made it private
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        staged.publish()
         return BundleReport(out_dir, size, limit, runtime_bytes, items, skipped, model_bytes, bundle_id)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staged.discard()
         if build_tmp is not None:
             build_tmp.cleanup()
 
@@ -656,7 +670,7 @@ def _write_index(staging: Path, index: dict[str, Any]) -> int:
     text = ""
     for _ in range(5):  # the size's digits change the index's own size
         index["size_bytes"] = others + len(text.encode())
-        text = json.dumps(index, indent=1)
+        text = jsonio.dumps(index, indent=1)
         if index["size_bytes"] == others + len(text.encode()):
             break
     (staging / "bundle.json").write_text(text)
@@ -673,6 +687,19 @@ def _safe_version(package: str) -> str | None:
 def bundle_size(directory: Path) -> int:
     """Bytes of every file under ``directory`` (what travels)."""
     return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
+def _bundle_files(directory: Path) -> Owned | None:
+    """What dlcbench wrote in a bundle directory: ``bundle.json``, ``run.py`` and the files the index lists."""
+    try:
+        index = read_bundle_index(directory)
+        return Owned.of_files(["bundle.json", "run.py", *(str(e["stored"]) for e in index["files"])])
+    except (BadInputError, KeyError, TypeError):
+        return None
+
+
+#: A bundle directory (``dlcbench bundle -o``); its ``bundle.json`` lists every file, so it carries no marker.
+BUNDLE = OutputKind("bundle", "a dlcbench GPU bundle", recognise=_bundle_files, marker=False)
 
 
 def read_bundle_index(directory: Path) -> dict[str, Any]:
@@ -697,6 +724,9 @@ def read_bundle_index(directory: Path) -> dict[str, Any]:
 def load_results(path: Path) -> dict[str, Any]:
     """Reads and validates a results JSON file written by a bundle's ``run.py``.
 
+    A file of the first runner (:data:`RESULTS_FORMAT_V1`) is read too: its records' ``host`` and ``native``
+    timings become ``timing`` and ``native_timing``, as :data:`RESULTS_FORMAT` has them.
+
     Raises:
         BadInputError: missing, not JSON, not a results file, or a self-check report.
     """
@@ -707,7 +737,7 @@ def load_results(path: Path) -> dict[str, Any]:
         raise BadInputError(f"cannot read {path}: {err.strerror}") from None
     except json.JSONDecodeError as err:
         raise BadInputError(f"{path} is not JSON: {one_line(err, 120)}") from None
-    if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in (RESULTS_FORMAT, RESULTS_FORMAT_V1):
         raise BadInputError(f"{path} is not a dlcbench GPU results file (format {data.get('format') if isinstance(data, dict) else None!r})")
     if data.get("mode") != "run":
         raise BadInputError(f"{path} is a {data.get('mode')} report, not run results")
@@ -718,6 +748,8 @@ def load_results(path: Path) -> dict[str, Any]:
         missing = [k for k in ("model", "batch", "status") if k not in r]
         if missing:
             raise BadInputError(f"{path}: result {i} lacks {', '.join(missing)}")
+        if data["format"] == RESULTS_FORMAT_V1:
+            r["timing"], r["native_timing"] = r.pop("host", None) or {}, r.pop("native", None)
     return data
 
 
@@ -738,29 +770,27 @@ def result_job_key(record: dict[str, Any]) -> str:
 
 
 def result_row(record: dict[str, Any], bundle: dict[str, Any]) -> dict[str, Any]:
-    """A results-store row (``dlcbench.results.store.COLUMNS``) from one runner record."""
-    host = (record.get("host") or {}).get("stats")
-    native = record.get("native")
+    """A results-store row from one runner record (as :func:`load_results` returns it).
+
+    A record has a CPU job's keys (``timing``, ``native_timing``, ``compile_seconds``, ``manifest``...) but for
+    ``model``, the model's name; with the model's summary there instead, dlcbench's trackers read it as they
+    read a job's ``result.json``.
+    """
+    from dlcbench.measure.trackers import collect_metrics
+
     manifest = record.get("manifest") or {}
-    row: dict[str, Any] = {
+    as_result = {**record, "model": {"summary": {"flops": record.get("flops"), "parameters": record.get("parameters")}}}
+    return {
         "model": record["model"], "backend": record.get("backend") or "tvm", "target": record.get("target") or "cuda",
         "precision": record.get("precision") or "fp32", "batch": int(record["batch"]),
         "threads": int((manifest.get("options") or {}).get("threads") or 1),
         "status": record["status"], "category": record.get("category"), "message": record.get("message") or None,
-        "compile_seconds": record.get("compile_seconds"), "artifact_bytes": record.get("artifact_bytes"),
-        "flops": record.get("flops"), "samples": (record.get("host") or {}).get("samples_s"), "native": native,
         "check_metrics": record.get("check"), "manifest": manifest,
         "config": {"model": record["model"], "preset": record.get("preset"), "batch": record["batch"],
                    "arch": record.get("arch"), "gpu_arch": record.get("gpu_arch"), "load_seconds": record.get("load_seconds"),
                    "bundle_id": bundle.get("bundle_id"), "source": "gpu bundle"},
+        "metrics": [m.to_dict() for m in collect_metrics(as_result)],
     }
-    if host:
-        row.update(median_ms=host["median_ms"], p90_ms=host["p90_ms"], mean_ms=host["mean_ms"], std_ms=host["std_ms"],
-                   cv=host["cv"], unstable=host["unstable"], throughput=host["throughput_per_s"],
-                   stats={**host, "parameters": record.get("parameters")})
-    if native and native.get("stats"):
-        row["native_median_ms"] = native["stats"]["median_ms"]
-    return row
 
 
 def import_results(path: Path, db: Path, experiment: str | None = None) -> dict[str, Any]:
@@ -787,6 +817,13 @@ def import_results(path: Path, db: Path, experiment: str | None = None) -> dict[
 
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
+
+
+def _max_abs(check: dict[str, Any]) -> float | None:
+    """The largest absolute error over a check's outputs (``CheckReport.to_dict()``), None if none was measured."""
+    values = [(o.get("metrics") or {}).get("max_abs") for o in check.get("outputs") or []]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
 
 
 def render_table(data: dict[str, Any]) -> str:
@@ -818,16 +855,16 @@ def render_table(data: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(data["results"], key=lambda r: (r["model"], r.get("preset") or "", r["batch"])):
-        host = (r.get("host") or {}).get("stats") or {}
-        native = (r.get("native") or {}).get("stats") or {}
-        check = r.get("check") or {}
+        host = (r.get("timing") or {}).get("stats") or {}
+        native = (r.get("native_timing") or {}).get("stats") or {}
+        worst = _max_abs(r.get("check") or {})
         if r["status"] == "ok":
             verdict = "PASS"
         elif r.get("category") == "accuracy_fail":
             verdict = "FAIL"
         else:
             verdict = f"{(r.get('category') or 'failed').upper()}"
-        max_abs = f"{check['max_abs']:.2g}" if "max_abs" in check else ""
+        max_abs = "" if worst is None else f"{worst:.2g}"
         lines.append(f"| {r['model']} | {r.get('preset') or ''} | {r['batch']} | {verdict} | {max_abs} | "
                      f"{_fmt(host.get('median_ms'))} | {_fmt(host.get('p90_ms'))} | {_fmt(host.get('p99_ms'))} | "
                      f"{_fmt(native.get('median_ms'))} | {_fmt(host.get('throughput_per_s'), 1)} |")
@@ -854,13 +891,17 @@ def results_from_store(db: Path, experiment: str) -> dict[str, Any]:
             rows = [r for r in rows if r["target"] == "cuda"]
         env_ids = [r["environment_id"] for r in rows if r["environment_id"]]
         environment = store.environment(max(set(env_ids), key=env_ids.count)) if env_ids else {}
+    def stats(metric: dict[str, Any] | None) -> dict[str, Any] | None:
+        return {"median_ms": metric["value"], **metric["detail"]} if metric else None
+
     results = []
     for r in rows:
         config = r.get("config") or {}
-        stats = r.get("stats")
+        host, native = stats(r["metrics"].get("latency")), stats(r["metrics"].get("latency_native"))
         results.append({"model": r["model"], "preset": config.get("preset"), "batch": r["batch"], "status": r["status"],
                         "category": r["category"], "message": r["message"], "check": r.get("check_metrics") or {},
-                        "host": {"stats": stats} if stats else None, "native": r.get("native")})
+                        "timing": {"stats": host} if host else {},
+                        "native_timing": {"stats": native, "timer": native.get("timer")} if native else None})
     return {"format": RESULTS_FORMAT, "mode": "run", "environment": environment,
             "bundle": environment.get("bundle") or {}, "results": results}
 

@@ -17,7 +17,7 @@ def test_compare_runs_openvino_torch_and_inductor(tmp_path):
         rows = {r["backend"]: r for r in store.results("kit")}
     for backend in ("openvino", "torch", "inductor"):
         row = rows[backend]
-        assert row["status"] == "ok" and row["median_ms"] > 0 and row["check_metrics"]["passed"], row["message"]
+        assert row["status"] == "ok" and row["metrics"]["latency"]["value"] > 0 and row["check_metrics"]["passed"], row["message"]
         assert row["manifest"]["backend"] == backend
     assert rows["openvino"]["manifest"]["target_detail"]["inference_precision"] == "f32"
     assert rows["inductor"]["manifest"]["extra"]["graph_breaks"] == 0

@@ -29,7 +29,7 @@ def test_manifest_is_self_describing(conformance_compiled):  # noqa: F811
 
 def test_importing_compilers_imports_no_backend_library():
     code = (
-        "import sys, compilers; from dlcbench.compilers.registry import describe_backends, get_adapter_class;"
+        "import sys, dlcbench.compilers; from dlcbench.compilers.registry import describe_backends, get_adapter_class;"
         "[get_adapter_class(n) for n in ('tvm', 'onnxruntime', 'tensorflow', 'xla', 'openvino', 'torch', 'inductor')];"
         "print([m for m in ('tensorflow', 'tvm', 'tensorrt', 'onnxruntime', 'openvino', 'torch', 'onnx2torch')"
         " if m in sys.modules])"

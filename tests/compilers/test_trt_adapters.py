@@ -69,7 +69,7 @@ def test_trt_options_defaults_follow_the_batch():
     "values, message",
     [
         ({"workspace_mb": 0}, "workspace_mb must be a positive integer, got 0"),
-        ({"workspace_mb": True}, "workspace_mb must be a positive integer"),
+        ({"workspace_mb": True}, "workspace_mb must be an integer, got True"),
         ({"min_batch": 4, "opt_batch": 2, "max_batch": 8}, "min_batch <= opt_batch <= max_batch, got 4, 2, 8"),
         ({"batch": 16, "max_batch": 8}, r"batch 16 is outside the optimisation profile \[1, 8\]"),
         ({"batch": 1, "min_batch": 2}, r"batch 1 is outside the optimisation profile \[2, 2\]"),

@@ -96,4 +96,4 @@ def test_coverage_table_is_additive_to_schema_1(tmp_path):
         store.add_coverage("r", {"test": "test_relu", "op": "Relu", "domain": "", "opset": 14, "backend": "tvm",
                                  "status": "pass", "expanded": False})
         assert store.coverage("r")[0]["status"] == "pass" and store.coverage_runs() == ["r"]
-        assert store._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION) == "1"
+        assert store._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION) == "2"

@@ -154,7 +154,7 @@ def _bad_paths(tmp_path, tiny_export):
 @pytest.mark.parametrize("case", ["missing", "missing_keras", "not_savedmodel", "truncated", "random"])
 def test_bad_model_files_give_one_line_cli_errors(tmp_path, tiny_export, case):
     path, fragment = _bad_paths(tmp_path, tiny_export)[case]
-    proc = run_script("-m", "models", "export", path, timeout=120)
+    proc = run_script("-m", "dlcbench.models", "export", path, timeout=120)
     assert_one_line_error(proc, ExitCode.BAD_INPUT, fragment)
 
 
@@ -163,18 +163,18 @@ def test_bad_model_files_give_one_line_cli_errors(tmp_path, tiny_export, case):
     [(["nope"], "valid: mlp"), (["bert", "--param", "layers=0"], "layers"), (["mlp", "--batch", "-1"], "batch")],
 )
 def test_bad_zoo_arguments_give_one_line_cli_errors(args, fragment):
-    assert_one_line_error(run_script("-m", "models", "export", *args, timeout=120), ExitCode.BAD_INPUT, fragment)
+    assert_one_line_error(run_script("-m", "dlcbench.models", "export", *args, timeout=120), ExitCode.BAD_INPUT, fragment)
 
 
 def test_cli_export_prints_summary():
-    proc = run_script("-m", "models", "export", "mlp", "--preset", "tiny", "--batch", "2", timeout=300)
+    proc = run_script("-m", "dlcbench.models", "export", "mlp", "--preset", "tiny", "--batch", "2", timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "model.onnx" in proc.stdout and "GFLOPs" in proc.stdout
 
 
 def test_importing_packages_pulls_in_no_framework():
     code = (
-        "import sys, dlcbench, models, dlcbench.models.zoo, dlcbench.models.export;"
+        "import sys, dlcbench, dlcbench.models, dlcbench.models.zoo, dlcbench.models.export;"
         "dlcbench.models.zoo.get_model('bert').resolve_params('tiny');"
         "bad = [m for m in ('tensorflow', 'tvm', 'tensorrt', 'keras') if m in sys.modules];"
         "print(bad)"

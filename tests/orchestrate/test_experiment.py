@@ -37,23 +37,25 @@ def _config(tmp_path, **kwargs):
 def test_failures_are_categorised_and_the_next_job_still_runs(tmp_path, faulty_backends):
     config = _config(tmp_path, backends=["abort", "hang", "raise", "wrong", "trt", "onnxruntime"], timeout_s=40)
     counts = run_experiment(config, progress=lambda _: None, environment=FAKE_ENV)
-    assert counts == {"total": 6, "skipped": 0, "ok": 1, "failed": 5}
+    assert counts == {"total": 6, "skipped": 0, "held": 0, "ok": 1, "failed": 5, "journaled": 0, "repeated": 0}
     with ResultsStore(config.db) as store:
         rows = {r["backend"]: r for r in store.results("exp")}
     assert rows["abort"]["category"] == "crash" and "SIGABRT" in rows["abort"]["message"]
     assert rows["hang"]["category"] == "timeout"
     assert rows["raise"]["category"] == "compile_error" and "boom" in rows["raise"]["message"]
-    assert rows["wrong"]["category"] == "accuracy_fail" and rows["wrong"]["median_ms"] > 0
+    assert rows["wrong"]["category"] == "accuracy_fail" and rows["wrong"]["metrics"]["latency"]["value"] > 0
     assert rows["trt"]["category"] == "unavailable"
     ok = rows["onnxruntime"]
-    assert ok["status"] == "ok" and ok["median_ms"] > 0 and len(ok["samples"]) == ok["stats"]["count"]
+    assert ok["status"] == "ok" and ok["metrics"]["latency"]["value"] > 0
+    assert len(ok["metrics"]["latency"]["samples"]) == ok["metrics"]["latency"]["detail"]["count"]
     assert ok["check_metrics"]["passed"] and ok["manifest"]["backend"] == "onnxruntime"
 
 
 def test_rerun_skips_done_jobs_and_force_repeats(tmp_path):
     config = _config(tmp_path, backends=["onnxruntime"], batches=[1, 2])
     assert run_experiment(config, progress=lambda _: None, environment=FAKE_ENV)["ok"] == 2
-    assert run_experiment(config, progress=lambda _: None, environment=FAKE_ENV) == {"total": 2, "skipped": 2, "ok": 0, "failed": 0}
+    assert run_experiment(config, progress=lambda _: None, environment=FAKE_ENV) == {
+        "total": 2, "skipped": 2, "held": 0, "ok": 0, "failed": 0, "journaled": 0, "repeated": 0}
     config.force = True
     assert run_experiment(config, progress=lambda _: None, environment=FAKE_ENV)["ok"] == 2
     with ResultsStore(config.db) as store:
@@ -62,10 +64,10 @@ def test_rerun_skips_done_jobs_and_force_repeats(tmp_path):
 
 def test_killed_run_resumes_without_loss_or_repeat(tmp_path):
     db = tmp_path / "r.sqlite"
-    args = ["scripts/compare.py", "--name", "killme", "--models", "mlp,cnn", "--backends", "onnxruntime",
+    args = [str(ROOT / "scripts" / "compare.py"), "--name", "killme", "--models", "mlp,cnn", "--backends", "onnxruntime",
             "--batch", "1,2", "--preset", "tiny", "--threads", "1", "--db", str(db), "--min-seconds", "0",
             "--min-iters", "3"]
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     deadline = time.time() + 300
     done_before = 0
@@ -103,7 +105,7 @@ def test_report_from_a_real_small_experiment(tmp_path):
         assert path.is_file() and path.stat().st_size > 1000, name
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| mlp | tvm |" in text and "speedup over" not in text  # plots, not prose
-    for fmt, marker in (("csv", "experiment,model,backend"), ("json", '"median_ms"'), ("md", "| model | backend")):
+    for fmt, marker in (("csv", "experiment,model,backend"), ("json", '"latency"'), ("md", "| model | backend")):
         out = run_script("scripts/report.py", "rep", "--db", str(config.db), "--export", fmt)
         assert out.returncode == 0 and marker in out.stdout, (fmt, out.stderr)
     with ResultsStore(config.db) as store:
@@ -122,7 +124,7 @@ def test_report_from_a_real_small_experiment(tmp_path):
     from dlcbench.results.report import speedups
 
     with ResultsStore(config.db) as store:
-        models, backends, _ = speedups([r for r in store.results("rep") if r["median_ms"]], "onnxruntime")
+        models, backends, _ = speedups([r for r in store.results("rep") if r["metrics"].get("latency")], "onnxruntime")
     assert {"tvm", "tvm@cuda", "onnxruntime"} <= set(backends)
 
 

@@ -17,6 +17,28 @@ class AbortAdapter(OnnxRuntimeAdapter):
         os.abort()
 
 
+class CrashAdapter(OnnxRuntimeAdapter):
+    """Segfaults (reads address 0) while compiling, like a native library crashing."""
+
+    name = "crash"
+
+    def _compile(self, model, options, out_dir):
+        import ctypes
+
+        ctypes.string_at(0)
+
+
+class PrintAdapter(OnnxRuntimeAdapter):
+    """Prints to stdout (at Python and file-descriptor level) while compiling, as some libraries' loggers do."""
+
+    name = "print"
+
+    def _compile(self, model, options, out_dir):
+        print("[INFO] chatty library on stdout", flush=True)
+        os.write(1, b"[INFO] chatty native code on fd 1\n")
+        return super()._compile(model, options, out_dir)
+
+
 class HangAdapter(OnnxRuntimeAdapter):
     """Never finishes compiling."""
 
@@ -40,8 +62,8 @@ class WrongAdapter(OnnxRuntimeAdapter):
 
     name = "wrong"
 
-    def _load(self, artifact_dir, manifest, threads):
-        session = super()._load(artifact_dir, manifest, threads)
+    def _load(self, artifact_dir, manifest):
+        session = super()._load(artifact_dir, manifest)
         run = session.run
         session.run = lambda inputs: {k: v + 1.0 for k, v in run(inputs).items()}
         return session
@@ -49,5 +71,5 @@ class WrongAdapter(OnnxRuntimeAdapter):
 
 REGISTRATION = ",".join(
     f"{cls.name}=dlcbench_faulty_adapters:{cls.__name__}"
-    for cls in (AbortAdapter, HangAdapter, RaiseAdapter, WrongAdapter)
+    for cls in (AbortAdapter, CrashAdapter, HangAdapter, PrintAdapter, RaiseAdapter, WrongAdapter)
 )

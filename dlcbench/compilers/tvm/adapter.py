@@ -8,7 +8,6 @@ CPU without AVX-512) and ``num-cores``. Weights are kept apart from the code
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dlcbench import jsonio
 from dlcbench.errors import (
     BackendRuntimeError,
     BackendUnavailableError,
@@ -302,7 +302,7 @@ class TvmAdapter(Adapter):
         executable.export_library(str(out_dir / "model.so"))
         files = {"library": "model.so"}
         if extra.get("tuning", {}).get("curve"):
-            (out_dir / "tuning_curve.json").write_text(json.dumps(extra["tuning"]["curve"]))
+            (out_dir / "tuning_curve.json").write_text(jsonio.dumps(extra["tuning"]["curve"]))
             files["tuning_curve"] = "tuning_curve.json"
             try:
                 from dlcbench.compilers.tvm.tuning import plot_curve
@@ -344,10 +344,10 @@ class TvmAdapter(Adapter):
         extra = {"tuning_seconds": report.seconds, "tuning": report.to_dict()}
         return tvm.compile(mod, target=target), target_dict, extra
 
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
         import tvm
 
-        threads = threads or manifest.options["threads"]
+        threads = manifest.threads
         os.environ["TVM_NUM_THREADS"] = str(threads)
         try:
             config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)

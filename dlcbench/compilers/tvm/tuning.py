@@ -28,6 +28,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from dlcbench import jsonio
+from dlcbench.config import cache_dir
 from dlcbench.errors import BackendUnavailableError, BadInputError, CompileError, one_line
 
 META_FILE = "dlcbench-tuning.json"
@@ -103,15 +105,25 @@ def target_identity(target: dict[str, Any]) -> dict[str, Any]:
     return {"target": {k: target[k] for k in sorted(target)}, "tvm_version": metadata.version("apache-tvm")}
 
 
+def identity_difference(found: dict[str, Any], expected: dict[str, Any]) -> str:
+    """``"mcpu skylake here znver4; ..."``: the target keys and TVM version that differ (long values digested)."""
+    def show(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) <= 40 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    flat_found = {**(found.get("target") or {}), "tvm_version": found.get("tvm_version")}
+    flat_expected = {**(expected.get("target") or {}), "tvm_version": expected.get("tvm_version")}
+    keys = sorted(k for k in flat_found.keys() | flat_expected.keys() if flat_found.get(k) != flat_expected.get(k))
+    return "; ".join(f"{k} {show(flat_found.get(k))}, here {show(flat_expected.get(k))}" for k in keys)
+
+
 def default_db_dir(target: dict[str, Any]) -> Path:
     """``<cache>/tuning/tvm-<version>-<kind>-<mcpu>-<cores>c[-<features digest>]``."""
-    from dlcbench.models.export import default_cache_dir
-
     ident = target_identity(target)
     name = f"tvm-{ident['tvm_version']}-{target['kind']}-{target.get('mcpu', 'generic')}-{target.get('num-cores', 0)}c"
     if target.get("mattr"):
         name += "-" + hashlib.sha256(",".join(target["mattr"]).encode()).hexdigest()[:8]
-    return default_cache_dir() / "tuning" / name
+    return cache_dir() / "tuning" / name
 
 
 def validate_database(path: Path, target: dict[str, Any], create: bool) -> None:
@@ -129,17 +141,15 @@ def validate_database(path: Path, target: dict[str, Any], create: bool) -> None:
         if not create:
             raise BadInputError(f"no tuning database at {path}")
         path.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(expected, indent=2))
+        meta.write_text(jsonio.dumps(expected, indent=2))
         return
     try:
         found = json.loads(meta.read_text())
     except json.JSONDecodeError:
         raise BadInputError(f"corrupt tuning database {path}: {META_FILE} is not JSON") from None
     if found != expected:
-        raise BadInputError(
-            f"tuning database {path} was built for {json.dumps(found, sort_keys=True)}, "
-            f"not {json.dumps(expected, sort_keys=True)}; refusing to apply it"
-        )
+        raise BadInputError(f"tuning database {path} was built for another target or TVM version "
+                            f"({identity_difference(found, expected)}); refusing to apply it")
     for name in DB_FILES:
         file = path / name
         if not file.exists():

@@ -87,7 +87,7 @@ class OnnxReferenceAdapter(Adapter):
             raise
         return {"files": {"model": "model.onnx"}, "target_detail": {"device": "cpu", "kernels": "numpy"}}
 
-    def _load(self, artifact_dir: Path, manifest: Manifest, threads: int | None) -> Session:
+    def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
         from onnx.reference import ReferenceEvaluator
 
         try:

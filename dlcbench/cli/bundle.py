@@ -1,9 +1,11 @@
-"""Build a self-contained bundle of TVM artifacts to run, check and time on a GPU machine that has no TVM.
+"""Build a self-contained bundle of TVM artifacts to run, check and time on a machine that has no TVM.
 
-Thin CLI over :func:`dlcbench.stage.bundle.build_bundle`. The bundle directory holds the compiled artifacts,
-their reference inputs and outputs, the minimal TVM runtime for the target Python and ``run.py``; on the
-GPU machine run ``python3 DIR/run.py --out results.json``, then bring the JSON back and load it with
-``scripts/import_results.py``.
+Thin CLI over :func:`dlcbench.stage.bundle.build_bundle` (``dlcbench bundle``, ``scripts/bundle.py``). The
+bundle directory holds the compiled artifacts (CUDA for a GPU machine, or ``--target cpu``), their reference
+inputs and outputs, the minimal TVM runtime for the target Python, ``run.py`` and the dlcbench modules it
+runs (the output check, the timing, the worker processes: the same code as a CPU job). There, with only
+Python and numpy, run ``python3 DIR/run.py --out results.json``, then bring the JSON back and load it with
+``dlcbench import-results``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)),
                         help=f"batch sizes (default: {','.join(map(str, DEFAULT_BATCHES))})")
     parser.add_argument("--arch", default="sm_90", help="CUDA arch of the device code (default: sm_90, H100/H200)")
-    parser.add_argument("--target", default="cuda", help="cuda, or cpu for a bundle that runs on this machine (default: cuda)")
+    parser.add_argument("--target", default="cuda", help="cuda, or cpu for a bundle that runs on a CPU machine like this one "
+                        "(default: cuda)")
     parser.add_argument("--python", default="3.12", help="Python version that will run the bundle (default: 3.12)")
     parser.add_argument("--limit-mb", type=float, default=DEFAULT_LIMIT_MB,
                         help=f"refuse a bundle bigger than this, in MB of 10^6 bytes (default: {DEFAULT_LIMIT_MB:g})")

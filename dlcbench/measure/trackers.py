@@ -1,0 +1,148 @@
+"""Metrics of a job, each produced by one tracker, and the results-store row built from them.
+
+A job's measurements are a list of named :class:`Metric` values (latency on the host clock, latency on the
+backend's own timer, compile time, artifact size, peak memory...). Each comes from a *tracker*: a small object
+that reads one finished job (the ``result.json`` form of :class:`dlcbench.measure.job.JobResult`) and returns
+its metrics. The results store keeps them in a long table (job, metric, value, unit, samples, detail) and the
+report shows every metric it finds, so adding a metric is one tracker plus :func:`register_tracker`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from dlcbench.errors import one_line
+
+#: Key statistics of a timing kept in a latency metric's ``detail`` (the rest stays in result.json).
+TIMING_DETAIL = ("count", "min_ms", "mean_ms", "std_ms", "cv", "p90_ms", "p95_ms", "p99_ms", "throughput_per_s",
+                 "unstable")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measured value of a job.
+
+    Attributes:
+        name: Registered metric name (``latency``, ``compile_time``...).
+        value: The headline figure (a latency's median), or None when not measured.
+        unit: Unit of ``value`` and of ``samples``.
+        samples: Every raw sample, where the metric has them.
+        detail: Further statistics or context (a latency's p90 and stability, a timer's name).
+    """
+
+    name: str
+    value: float | None
+    unit: str
+    samples: list[float] | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """Produces the metrics of one kind from a finished job's result (``JobResult.to_dict()``)."""
+
+    name: str
+    unit: str
+    description: str
+    collect: Callable[[dict[str, Any]], list[Metric]]
+
+
+_TRACKERS: dict[str, Tracker] = {}
+
+
+def register_tracker(tracker: Tracker) -> Tracker:
+    """Adds a tracker; its metrics are stored and reported from then on."""
+    _TRACKERS[tracker.name] = tracker
+    return tracker
+
+
+def unregister_tracker(name: str) -> None:
+    """Removes a tracker (its metrics already stored stay in the database)."""
+    _TRACKERS.pop(name, None)
+
+
+def trackers() -> dict[str, Tracker]:
+    """The registered trackers by metric name, in registration order."""
+    return dict(_TRACKERS)
+
+
+def collect_metrics(result: dict[str, Any]) -> list[Metric]:
+    """Every registered tracker's metrics for one job result (trackers with nothing to say return none)."""
+    return [metric for tracker in _TRACKERS.values() for metric in tracker.collect(result)]
+
+
+def _scalar(name: str, unit: str, description: str, get: Callable[[dict[str, Any]], Any]) -> Tracker:
+    def collect(result: dict[str, Any]) -> list[Metric]:
+        value = get(result)
+        return [] if value is None else [Metric(name, float(value), unit)]
+
+    return register_tracker(Tracker(name, unit, description, collect))
+
+
+def latency_metric(name: str, samples_s: list[float], stats: dict[str, Any], **detail: Any) -> Metric:
+    """A latency metric in milliseconds from raw seconds and their :func:`dlcbench.measure.timing.statistics`."""
+    return Metric(name, stats["median_ms"], "ms", [s * 1e3 for s in samples_s],
+                  {**{k: stats[k] for k in TIMING_DETAIL if k in stats}, **detail})
+
+
+def _host_latency(result: dict[str, Any]) -> list[Metric]:
+    timing = result.get("timing") or {}
+    if not timing.get("stats"):
+        return []
+    return [latency_metric("latency", timing["samples_s"], timing["stats"], clock="host",
+                           warmup_runs=timing.get("warmup_runs"))]
+
+
+def _native_latency(result: dict[str, Any]) -> list[Metric]:
+    native = result.get("native_timing")
+    if not native or not native.get("stats"):
+        return []
+    return [latency_metric("latency_native", native["samples_s"], native["stats"], timer=native.get("timer"),
+                           host_over_native=native.get("host_over_native"))]
+
+
+register_tracker(Tracker("latency", "ms", "median latency of one inference on the host clock (whole timed call)",
+                         _host_latency))
+register_tracker(Tracker("latency_native", "ms", "median latency on the backend's own timer, where it has one",
+                         _native_latency))
+_scalar("compile_time", "s", "seconds to compile the artifact (tuning included)", lambda r: r.get("compile_seconds"))
+_scalar("tuning_time", "s", "seconds of TVM tuning inside the compile",
+        lambda r: ((r.get("manifest") or {}).get("extra") or {}).get("tuning_seconds"))
+_scalar("export_time", "s", "seconds to export the model (near zero on a cache hit)", lambda r: r.get("export_seconds"))
+_scalar("artifact_size", "bytes", "bytes of the artifact directory", lambda r: r.get("artifact_bytes"))
+_scalar("peak_rss", "MiB", "peak resident memory of the job's process", lambda r: r.get("peak_rss_mb"))
+_scalar("flops", "FLOP", "floating-point operations of one batch (Conv, Gemm, MatMul)",
+        lambda r: ((r.get("model") or {}).get("summary") or {}).get("flops"))
+_scalar("parameters", "count", "model parameters", lambda r: ((r.get("model") or {}).get("summary") or {}).get("parameters"))
+
+
+def job_row(result: dict[str, Any]) -> dict[str, Any]:
+    """A results-store row from a finished job's result: status, check, manifest and the metrics."""
+    passed = bool(result.get("passed"))
+    return {
+        "status": "ok" if passed else "failed",
+        "category": None if passed else "accuracy_fail",
+        "message": result.get("failure_message") or None,
+        "check_metrics": result.get("check"), "manifest": result.get("manifest"),
+        "metrics": [m.to_dict() for m in collect_metrics(result)],
+    }
+
+
+def failure_row(category: str, message: str) -> dict[str, Any]:
+    """A results-store row for a job that produced no result (``category`` says why)."""
+    return {"status": "failed", "category": category, "message": one_line(message, 1000), "metrics": []}
+
+
+def metric_of(row: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The metric ``name`` of a stored row (``row["metrics"]`` as :meth:`ResultsStore.results` returns it)."""
+    return (row.get("metrics") or {}).get(name)
+
+
+def value_of(row: dict[str, Any], name: str) -> float | None:
+    """The headline value of metric ``name`` in a stored row, or None."""
+    metric = metric_of(row, name)
+    return metric["value"] if metric else None
