@@ -76,7 +76,7 @@ def profile_tuned(job) -> list[dict]:
 
     adapter = get_adapter("tvm")
     inputs = export_for(adapter, job).inputs()
-    with adapter.load(job.out_dir, threads=job.threads) as session:
+    with adapter.load(job.out_dir) as session:
         return session.profile(inputs)
 
 

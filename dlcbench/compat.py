@@ -54,7 +54,8 @@ class OldPluginPathFinder(importlib.abc.MetaPathFinder):
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
-            if finder.find_spec(fullname, None) is not None:
+            spec = finder.find_spec(fullname, None)
+            if spec is not None and spec.loader is not None:  # a bare folder named compilers/ is no package
                 return True
         return False
 

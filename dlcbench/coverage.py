@@ -40,8 +40,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from dlcbench.config import cache_dir
+from dlcbench.config import cache_dir, positive_int
 from dlcbench.errors import BadInputError, DlcbenchError, UnsupportedOpError, one_line
+from dlcbench.results.store import DEFAULT_DB
 from dlcbench.orchestrate.launcher import (
     become_worker, classify_exit, end_group, owned_mkdtemp, remove_owned, start_worker,
 )
@@ -532,7 +533,7 @@ class CoverageConfig:
     subset: int | None = None
     expanded: bool = False
     data_dir: Path | None = None
-    db: Path = Path("results") / "dlcbench.sqlite"
+    db: Path = DEFAULT_DB
     timeout_s: float = 60.0
     threads: int = 1
     jobs: int = 1
@@ -541,8 +542,10 @@ class CoverageConfig:
 
     def __post_init__(self):
         self.run = self.run or f"onnx-{onnx_version()}"
-        if self.timeout_s <= 0 or self.threads <= 0 or self.jobs <= 0:
-            raise BadInputError("timeout, threads and jobs must be positive")
+        positive_int("threads", self.threads)
+        positive_int("jobs", self.jobs)
+        if not self.timeout_s > 0:  # also refuses NaN
+            raise BadInputError(f"the per-test timeout must be positive, got {self.timeout_s}")
 
 
 def onnx_backends(names: list[str] | None = None, say: Callable[[str], None] = lambda s: None) -> list[str]:

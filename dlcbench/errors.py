@@ -29,7 +29,7 @@ class ExitCode:
 
     DESCRIPTIONS = {
         OK: "success",
-        CHECK_FAILED: "outputs did not match the reference",
+        CHECK_FAILED: "outputs did not match the reference, or the reference holds NaN/Inf (invalid_reference)",
         BAD_INPUT: "bad usage or input (model file, name, parameter, path)",
         UNAVAILABLE: "backend not available on this machine",
         BACKEND_ERROR: "backend failed to compile or run",

@@ -47,7 +47,16 @@ class MyBackendOptions(CompileOptions):
 
 
 class MyBackendSession(Session):
-    """A loaded artifact. ``run`` takes and returns numpy arrays by name; ``close`` frees what it holds."""
+    """A loaded artifact. ``run`` takes and returns numpy arrays by name; ``close`` frees what it holds.
+
+    Two timed regions: ``run`` is ``end_to_end`` (numpy in, numpy out); ``prepare`` + ``run_prepared`` are
+    ``resident`` (inputs staged where the library runs, outputs left there), what compiler comparisons time.
+    """
+
+    # TODO: True once prepare()/run_prepared() below keep the inputs and outputs in your library. Left False,
+    # dlcbench times run() and every result says "region: end_to_end", so your figures are never compared
+    # with other backends' resident ones. (The placeholder library computes in numpy: it has no other memory.)
+    resident_region = False
 
     def __init__(self, manifest: Manifest, runner):
         super().__init__(manifest)
@@ -60,8 +69,17 @@ class MyBackendSession(Session):
             raise BackendRuntimeError(f"mybackend run failed: {one_line(err, 300)}") from None
         return {name: np.asarray(v) for name, v in zip(self.output_names, values)}
 
-    # Optional: override prepare()/run_prepared() to stage inputs on a device outside the timed loop,
-    # and native_time() when the library has its own timer.
+    # TODO: the resident region, then set resident_region = True. The conformance suite checks that it
+    # exists, is not slower than run(), and returns None without allocating numpy outputs. For example:
+    #
+    # def prepare(self, inputs):
+    #     self._staged = {k: mylib.to_device(v) for k, v in inputs.items()}  # once, outside the timed loop
+    #
+    # def run_prepared(self):
+    #     outputs = self._runner.run_on_device(self._staged)  # outputs stay device buffers: no numpy copy
+    #     mylib.synchronize()                                  # wait for completion, return None
+    #
+    # Optional: native_time() when the library has its own timer.
 
     def close(self) -> None:
         self._runner = None

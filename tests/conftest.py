@@ -67,11 +67,13 @@ SLOW_TESTS = {
     "test_a_report_directory_is_replaced_and_marked", "test_reports_read_a_read_only_database_without_writing",
     "test_failed_jobs_exit_8_and_retry_failed_reruns_only_them", "test_listing_still_shows_the_other_backends",
     "test_rerun_skips_done_jobs_and_force_repeats", "test_good_values_of_the_same_kinds_still_pass",
+    "test_the_suite_catches_a_resident_region_that_runs_end_to_end",
 }
 #: Conformance tests are slow for the backends with heavy imports or JIT compiles.
 SLOW_BACKENDS = ("tvm", "tensorflow", "xla", "inductor", "torch", "openvino")
 SLOW_PARAMETRIZED = {"test_adapter_matches_reference", "test_artifact_reloads_in_fresh_process_with_same_outputs",
-                     "test_unsupported_precision_is_a_one_line_cli_error", "test_tiny_zoo_model_exports_valid_onnx_matching_keras"}
+                     "test_unsupported_precision_is_a_one_line_cli_error", "test_tiny_zoo_model_exports_valid_onnx_matching_keras",
+                     "test_resident_region_leaves_the_outputs_in_the_backend", "test_end_to_end_is_not_faster_than_resident"}
 
 
 def pytest_collection_modifyitems(config, items):

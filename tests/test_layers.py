@@ -82,14 +82,34 @@ def test_layers_import_one_way_only():
     assert not wrong, "imports from a lower layer to a higher one:\n" + "\n".join(wrong)
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
 def test_no_module_imports_another_modules_private_names():
+    """Neither ``from m import _x`` nor ``m._x`` on a dlcbench module imported under a name."""
+    modules = {module_name(p) for p in sources()}
     wrong = []
     for path in sources():
         me = module_name(path)
+        aliases: dict[str, str] = {}
         for target, names, line in imports(path):
-            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            private = [n for n in names if _private(n)]
             if private and target != me:
                 wrong.append(f"{path.relative_to(ROOT)}:{line} imports {', '.join(private)} from {target}")
+            aliases.update({n: f"{target}.{n}" for n in names if f"{target}.{n}" in modules})
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases.update({a.asname: a.name for a in node.names if a.asname and a.name in modules})
+            elif isinstance(node, ast.ImportFrom):
+                for a in node.names:
+                    if a.asname and f"{node.module}.{a.name}" in modules:
+                        aliases[a.asname] = f"{node.module}.{a.name}"
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and _private(node.attr) and aliases[node.value.id] != me):
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
     assert not wrong, "\n".join(wrong)
 
 

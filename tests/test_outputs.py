@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import onnx
@@ -23,7 +22,7 @@ from dlcbench.compilers.base import ARTIFACT
 from dlcbench.errors import BadInputError, ExitCode
 from dlcbench.outputs import MARKER, OutputKind, check_replaceable, is_stale, staged_output
 from dlcbench_faulty_adapters import REGISTRATION
-from dlcbench_test_support import ROOT, assert_one_line_error
+from dlcbench_test_support import ROOT, assert_one_line_error, signal_when, wait_for
 
 FAST = ["--preset", "tiny", "--batch", "2", "--threads", "1", "--warmup", "1", "--min-iters", "3", "--min-seconds", "0"]
 FAULTY = {"DLCBENCH_BACKENDS": REGISTRATION}
@@ -121,14 +120,6 @@ def test_earlier_artifact_is_replaced_but_not_once_a_user_file_is_added(tmp_path
     assert tree_hash(tmp_path) == before
 
 
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.1)
-
-
 def _siblings(parent: Path, name: str) -> list[Path]:
     return [p for p in parent.iterdir() if p.name.startswith(f".{name}.dlcbench-")]
 
@@ -139,14 +130,7 @@ def test_interrupted_or_killed_compile_leaves_no_artifact_and_no_staging(tmp_pat
     for sig, code in ((signal.SIGINT, ExitCode.INTERRUPTED), (signal.SIGKILL, -signal.SIGKILL)):
         proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "compile.py"), *args], cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **FAULTY})
-        try:
-            _wait_for(lambda: _siblings(tmp_path, "art"))  # the hang adapter is compiling into its staging
-            proc.send_signal(sig)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        err = signal_when(proc, lambda: _siblings(tmp_path, "art"), sig)  # the hang adapter compiles into its staging
         assert proc.returncode == code, err[-2000:]
         assert not out.exists()
         if sig == signal.SIGINT:
@@ -154,7 +138,7 @@ def test_interrupted_or_killed_compile_leaves_no_artifact_and_no_staging(tmp_pat
     # SIGKILL gives no chance to clean up: the next run writing the same output removes the dead one's staging
     # (once its worker, killed by the launcher's janitor, is gone), and a failing compile removes its own.
     (left,) = _siblings(tmp_path, "art")
-    _wait_for(lambda: is_stale(left.name, ".art.dlcbench-tmp-"), timeout=30)
+    assert wait_for(lambda: is_stale(left.name, ".art.dlcbench-tmp-"), 30)
     failed = compile_cli("--backend", "raise", "--model", "mlp", *FAST, "--out", str(out), env=FAULTY)
     assert_one_line_error(failed, ExitCode.BACKEND_ERROR, "boom from RaiseAdapter")
     assert list(tmp_path.iterdir()) == []

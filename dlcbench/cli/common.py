@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from dlcbench.errors import BadInputError
@@ -19,3 +20,30 @@ def parse_params(pairs: list[str] | None, flag: str = "--param") -> dict:
         except json.JSONDecodeError:
             params[key.replace("-", "_")] = value
     return params
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The timing flags every command that times jobs takes: warm-up, minimums, cap, interval target, region."""
+    timing = parser.add_argument_group("timing (per job)")
+    timing.add_argument("--warmup", type=int, default=10, help="minimum warm-up runs (default: 10)")
+    timing.add_argument("--min-iters", type=int, default=20, help="minimum timed runs (default: 20)")
+    timing.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds (default: 1.0)")
+    timing.add_argument("--max-seconds", type=float, default=60.0,
+                        help="timing cap in seconds, never below --min-iters (default: 60)")
+    timing.add_argument("--ci-target", type=float, default=0.01, metavar="FRACTION",
+                        help="after the minimums, time until the median's 95%% interval is within +-FRACTION of it "
+                             "(default: 0.01, i.e. +-1%%; 0: stop at the minimums); whether it was met is recorded")
+    timing.add_argument("--region", default="resident", metavar="REGION",
+                        help="what one timed run covers: resident (inputs staged where the backend runs, outputs left "
+                             "there: for comparing compilers), end_to_end (numpy in, numpy out: what an application "
+                             "sees) or both (timed one after the other; the result's timing is the resident one, "
+                             "timing_end_to_end the other); reports never compare figures of different regions "
+                             "(default: resident)")
+
+
+def timing_config(args: argparse.Namespace):
+    """The :class:`dlcbench.measure.timing.TimingConfig` of :func:`add_timing_arguments`' flags."""
+    from dlcbench.measure.timing import TimingConfig
+
+    return TimingConfig(warmup_iters=args.warmup, min_iters=args.min_iters, min_seconds=args.min_seconds,
+                        max_seconds=args.max_seconds, ci_target=args.ci_target)

@@ -1,4 +1,4 @@
-"""Run a models x backends x batches comparison; resumable; results go to SQLite.
+"""Run a models x backends x batches x threads comparison; resumable; results go to SQLite.
 
 The whole matrix is checked before anything runs. A rerun skips recorded jobs (--retry-failed reruns the failed
 ones, --force all); two runs of one experiment at once split its jobs; a result the database cannot take because
@@ -14,7 +14,9 @@ import argparse
 from pathlib import Path
 
 
+from dlcbench.cli.common import add_timing_arguments, timing_config
 from dlcbench.errors import ExitCode, run_cli
+from dlcbench.results.store import DEFAULT_DB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,30 +30,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", required=True, help="comma-separated backend names")
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
     parser.add_argument("--precision", default="fp32", help="fp32, fp16, bf16 or int8 (default: fp32)")
-    parser.add_argument("--threads", type=int, default=1, help="one thread count for every backend (default: 1)")
+    parser.add_argument("--threads", default="1",
+                        help="comma-separated thread counts, each applied to every backend: a sweep is one experiment "
+                             "(default: 1)")
     parser.add_argument("--preset", default="default", help="zoo preset: tiny or default")
     parser.add_argument("--target", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--db", type=Path, default=Path("results/dlcbench.sqlite"),
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB,
                         help="results database (default: results/dlcbench.sqlite, created if missing)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per job before it is killed")
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per job")
-    parser.add_argument("--min-iters", type=int, default=20, help="minimum timed runs per job")
     parser.add_argument("--out", type=Path, default=Path("out") / "experiments",
                         help="artifact directory, one subdirectory per job (default: ./out/experiments)")
     parser.add_argument("--force", action="store_true", help="rerun every job, recorded or not")
     parser.add_argument("--retry-failed", action="store_true", help="rerun the jobs recorded as failed")
+    add_timing_arguments(parser)
     parser.add_argument("--db-wait", type=float, default=None, metavar="SECONDS",
                         help="how long a database write waits for another process's lock before the result is "
                              "kept in DB.pending/ (default: $DLCBENCH_DB_WAIT or 30)")
     args = parser.parse_args(argv)
     from dlcbench.orchestrate.experiment import ExperimentConfig, run_experiment, summary_line
-    from dlcbench.measure.timing import TimingConfig
 
     config = ExperimentConfig(
         name=args.name, models=args.models, backends=args.backends, batches=args.batch, precision=args.precision,
         threads=args.threads, preset=args.preset, target=args.target, db=args.db, timeout_s=args.timeout,
-        force=args.force, timing=TimingConfig(min_seconds=args.min_seconds, min_iters=args.min_iters),
-        out_root=args.out, retry_failed=args.retry_failed, db_wait=args.db_wait,
+        force=args.force, timing=timing_config(args),
+        out_root=args.out, retry_failed=args.retry_failed, db_wait=args.db_wait, region=args.region,
     )
     counts = run_experiment(config)
     print(summary_line(config, counts))

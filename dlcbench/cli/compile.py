@@ -7,13 +7,12 @@ child process (:func:`dlcbench.orchestrate.launcher.run_supervised`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 
-from dlcbench.cli.common import parse_params
+from dlcbench.cli.common import add_timing_arguments, parse_params, timing_config
 from dlcbench import jsonio
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 from dlcbench.quiet import set_verbose
@@ -24,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dlcbench compile",
         description="Export (cached), compile, check against the reference, and time one model on one backend."
                     " The job runs in a child process: a crash there is reported as one error line (exit 7),"
-                    " its output (stdout included) goes to stderr, and stdout carries only the summary or --json.",
+                    " its output (stdout included) goes to stderr, and stdout carries only the summary or --json."
+                    " The check runs at least three input rows (extra seeded batches below batch 3): NaN/Inf must"
+                    " match the reference by position, a reference holding NaN/Inf fails as INVALID REFERENCE (exit 1),"
+                    " and an output that is the same for every input is flagged TRIVIAL CHECK (not a failure).",
         epilog=ExitCode.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -43,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "precision, threads and batch have their own flags)")
     parser.add_argument("--tolerance", action="append", metavar="[OUT:]abs=X,rel=Y,cosine=Z",
                         help="override tolerances, of every output or of output OUT (one the model has)")
-    parser.add_argument("--warmup", type=int, default=10, help="minimum warm-up runs (default: 10)")
-    parser.add_argument("--min-iters", type=int, default=20, help="minimum timed runs (default: 20)")
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds (default: 1.0)")
+    add_timing_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="artifact directory (default: out/MODEL-BACKEND-...); an existing one is replaced only if "
@@ -92,14 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise BadInputError(f"--{flag.replace('_', '-')} applies to --backend tvm only")
             backend_options[key] = getattr(args, flag)
     from dlcbench.measure.job import JobConfig
-    from dlcbench.measure.timing import TimingConfig
 
     config = JobConfig(
         backend=args.backend, model=args.model, preset=args.preset, params=parse_params(args.param),
         target=args.target, precision=args.precision, batch=args.batch, threads=args.threads, out_dir=args.out,
         backend_options=backend_options, tolerances=args.tolerance or [],
-        timing=TimingConfig(warmup_iters=args.warmup, min_iters=args.min_iters, min_seconds=args.min_seconds),
-        seed=args.seed, compile_only=args.compile_only, force_export=args.force_export,
+        timing=timing_config(args),
+        seed=args.seed, compile_only=args.compile_only, force_export=args.force_export, region=args.region,
     )
     from dlcbench.orchestrate.launcher import run_supervised
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dlcbench.config import split_list
 from dlcbench.errors import BadInputError, ExitCode, run_cli
+from dlcbench.results.store import DEFAULT_DB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expanded", action="store_true", help="also the *_expanded function-body variants")
     parser.add_argument("--backends", help="comma-separated (default: every available backend that takes ONNX)")
     parser.add_argument("--run", default="", help="run name in the database (default: onnx-VERSION); reruns resume")
-    parser.add_argument("--db", type=Path, default=Path("results/dlcbench.sqlite"), help="results database")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="results database")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="Markdown output (default: benchmarks/results/coverage.md with --all, else "
                              "reports/coverage/RUN.md)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 
 from dlcbench.errors import ExitCode, run_cli
+from dlcbench.results.store import DEFAULT_DB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("results", type=Path, help="results JSON written by a bundle's run.py")
-    parser.add_argument("--db", type=Path, default=Path("results/dlcbench.sqlite"), help="results database")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="results database")
     parser.add_argument("--experiment", default=None, help="experiment name (default: gpu-<gpu name>)")
     parser.add_argument("--table", type=Path, default=None, help="also write the Markdown table here")
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 from dlcbench.errors import ExitCode, run_cli
+from dlcbench.results.store import DEFAULT_DB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="dlcbench report", description=__doc__, epilog=ExitCode.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("experiment", help="experiment name given to compare.py --name")
-    parser.add_argument("--db", type=Path, default=Path("results/dlcbench.sqlite"))
+    parser.add_argument("experiment", help="experiment name given to dlcbench compare --name")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB)
     parser.add_argument("--out", type=Path, default=None,
                         help="report directory (default: reports/EXPERIMENT); an existing one is replaced only if "
                              "it is empty or an earlier report")

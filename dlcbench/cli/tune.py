@@ -1,15 +1,13 @@
 """Tune a model's TVM tasks with MetaSchedule into the persistent tuning database (no check, no timing).
 
 Where AutoTVM used to be: MetaSchedule is its successor in TVM 0.27. The database is shared by every model
-compiled for the same target and TVM version; `scripts/compile.py --backend tvm --tune-trials N` then reuses it.
+compiled for the same target and TVM version; `dlcbench compile --backend tvm --tune-trials N` then reuses it.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
 
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 
@@ -36,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         raise BadInputError("give --trials and/or --minutes")
     import os
 
-    from dlcbench.measure.job import JobConfig, run_job
+    from dlcbench.measure.job import JobConfig
+    from dlcbench.orchestrate.launcher import run_supervised
 
     options = {"tune_trials": args.trials, "tune_minutes": args.minutes, "tune_strategy": args.strategy,
                "tune_cost_model": args.cost_model}
@@ -45,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     job = JobConfig(backend="tvm", model=args.model, preset=args.preset, batch=args.batch,
                     threads=args.threads or os.cpu_count() or 1, backend_options=options, compile_only=True,
                     out_dir=args.out or Path("out") / f"tune-{Path(args.model).stem}-b{args.batch}")
-    result = run_job(job, progress=lambda msg: print(f"... {msg}", file=sys.stderr))
-    tuning = result.manifest["extra"]["tuning"]
+    result = run_supervised(job)["result"]  # in its own worker: a crash in TVM is one line, exit 7
+    tuning = result["manifest"]["extra"]["tuning"]
     print(f"database  {tuning['db']}")
     print(f"tuning    {tuning['new_trials']} new trials in {tuning['seconds']:.1f} s"
           f"{' (stopped by the time budget)' if tuning['stopped_by_time'] else ''}")

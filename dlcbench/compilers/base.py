@@ -24,6 +24,7 @@ import numpy as np
 
 from dlcbench import __version__, jsonio
 from dlcbench.config import positive_int
+from dlcbench.files import sha256_file
 from dlcbench.errors import BackendUnavailableError, BadInputError, CompileError, DlcbenchError, one_line
 from dlcbench.fieldtypes import coerce_fields
 from dlcbench.outputs import MARKER, OutputKind, Owned, staged_output
@@ -125,11 +126,28 @@ class Manifest:
             raise BadInputError(f"corrupt manifest {path}: {one_line(err, 120)}") from None
 
 
+#: The timed regions (what one timed call of a job covers):
+#:
+#: * ``resident``: inputs already staged where the backend runs, outputs produced in the backend's own memory
+#:   and not copied out, completion awaited: :meth:`Session.prepare` once, then :meth:`Session.run_prepared`
+#:   per timed call. What compiler comparisons use.
+#: * ``end_to_end``: host numpy in, host numpy out, conversions and copies included: :meth:`Session.run` per
+#:   timed call. What an application calling the backend from numpy sees.
+REGIONS = ("resident", "end_to_end")
+
+
 class Session(abc.ABC):
-    """A loaded artifact that runs named inputs; a context manager that frees what it holds."""
+    """A loaded artifact that runs named inputs; a context manager that frees what it holds.
+
+    A session has two timed regions (:data:`REGIONS`): :meth:`run` is ``end_to_end``, and :meth:`prepare` plus
+    :meth:`run_prepared` are ``resident``, for a session class that declares ``resident_region = True``.
+    """
 
     #: Name of the backend's own timer, or None when it has none.
     native_timer_name: ClassVar[str | None] = None
+    #: Whether :meth:`prepare`/:meth:`run_prepared` implement the ``resident`` region. A class that leaves it
+    #: False has none: its jobs time :meth:`run` only and their results say ``region: end_to_end``.
+    resident_region: ClassVar[bool] = False
 
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
@@ -138,16 +156,34 @@ class Session(abc.ABC):
     def output_names(self) -> list[str]:
         return [o["name"] for o in self.manifest.outputs]
 
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The timed regions this session implements (``end_to_end`` always, ``resident`` when declared)."""
+        return REGIONS if type(self).resident_region else ("end_to_end",)
+
     @abc.abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs one inference; returns host numpy outputs by name."""
+        """Runs one inference; returns host numpy outputs by name (the ``end_to_end`` region)."""
 
     def prepare(self, inputs: dict[str, np.ndarray]) -> None:
-        """Optional: stages ``inputs`` for :meth:`run_prepared` (device copies, bindings)."""
+        """Stages ``inputs`` where the backend runs (device copies, bound tensors) for :meth:`run_prepared`.
+
+        Sessions with ``resident_region = True`` override it; this default only keeps ``inputs``.
+        """
         self._prepared = inputs
 
     def run_prepared(self) -> None:
-        """Runs on the staged inputs and waits for completion; what the timing loop calls."""
+        """The ``resident`` region: runs on the staged inputs, leaves the outputs in the backend, waits for completion.
+
+        Returns None: no numpy outputs are made. Sessions with ``resident_region = True`` override it; this
+        default is the ``end_to_end`` :meth:`run` for sessions without a resident region (their results say so).
+
+        Raises:
+            NotImplementedError: the class declares ``resident_region = True`` without overriding this.
+        """
+        if type(self).resident_region:
+            raise NotImplementedError(f"{type(self).__name__} declares resident_region = True but does not "
+                                      "implement prepare()/run_prepared()")
         self.run(self._prepared)
 
     def native_time(self, inputs: dict[str, np.ndarray], repeat: int, number: int = 1) -> list[float] | None:
@@ -363,7 +399,7 @@ class Adapter(abc.ABC):
             options=options.to_dict(),
             compile_seconds=round(seconds, 4),
             source_model=model.name,
-            source_sha256=model.meta.get("onnx_sha256") or _sha256(model.onnx_path),
+            source_sha256=model.meta.get("onnx_sha256") or sha256_file(model.onnx_path),
             **fields,
         )
         manifest.write(out_dir)
@@ -384,16 +420,6 @@ class Adapter(abc.ABC):
                           "'threads' and use manifest.threads", DeprecationWarning, stacklevel=2)
             return self._load(Path(artifact_dir), manifest, manifest.threads)
         return self._load(Path(artifact_dir), manifest)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def artifact_size(directory: Path) -> int:

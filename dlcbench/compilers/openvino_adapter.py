@@ -98,7 +98,12 @@ def read_onnx(core, path: Path):
 
 
 class OpenVinoSession(Session):
-    """An OpenVINO infer request over the imported compiled model."""
+    """An OpenVINO infer request over the imported compiled model.
+
+    The resident region runs the request on input tensors bound once; the outputs stay in the request's tensors.
+    """
+
+    resident_region = True
 
     def __init__(self, manifest: Manifest, compiled):
         super().__init__(manifest)
@@ -126,11 +131,18 @@ class OpenVinoSession(Session):
     def prepare(self, inputs):
         import openvino as ov
 
-        for index, name in enumerate(self._feeds):
-            self._request.set_input_tensor(index, ov.Tensor(np.asarray(inputs[name], order="C")))
+        try:
+            for index, name in enumerate(self._feeds):
+                self._request.set_input_tensor(index, ov.Tensor(np.asarray(inputs[name], order="C")))
+        except KeyError as err:
+            raise BadInputError(f"missing input {err}; expected {', '.join(self._feeds)}") from None
 
     def run_prepared(self):
-        self._request.infer()
+        # share_outputs: the result holds views of the request's output tensors, not numpy copies.
+        try:
+            self._request.infer(share_outputs=True)
+        except Exception as err:
+            raise BackendRuntimeError(f"openvino run failed: {one_line(err, 300)}") from None
 
     def close(self):
         self._request = None

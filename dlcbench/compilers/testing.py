@@ -14,6 +14,10 @@ What it checks, per backend:
   manifest describes the artifact, and its outputs match the framework reference within fp32 tolerances;
 * an artifact reloads in a fresh Python process and gives the same outputs;
 * an unsupported precision or target is refused with a one-line error naming the valid choices;
+* the timed regions: a session that declares ``resident_region = True`` implements ``prepare``/``run_prepared``,
+  ``run_prepared()`` returns None, does not go through ``run()`` and allocates no numpy outputs (``tracemalloc``,
+  on an ``mlp`` with a large output), and ``end_to_end`` (``run``) is not faster than ``resident`` beyond noise; a session without a resident
+  region (``resident_region = False``: its results say ``end_to_end``) is skipped there, with that reason;
 * with its library hidden (the modules in ``requires``), ``available()`` says why and how to install it,
   and importing the adapter's module imports none of those modules.
 
@@ -84,15 +88,17 @@ def conformance_compiled(tmp_path_factory):
 
     cache: dict = {}
 
-    def get(backend: str, model_name: str):
-        if (backend, model_name) not in cache:
+    def get(backend: str, model_name: str, params: dict | None = None):
+        key = (backend, model_name, json.dumps(params or {}, sort_keys=True))
+        if key not in cache:
             adapter = adapter_or_skip(backend)
-            job = JobConfig(backend=backend, model=model_name, preset="tiny", batch=2, threads=1)
+            job = JobConfig(backend=backend, model=model_name, preset="tiny", params=dict(params or {}), batch=2,
+                            threads=1)
             model = export_for(adapter, job)
             out = tmp_path_factory.mktemp(f"{backend}-{model_name}")
             adapter.compile(model, adapter.make_options(threads=1, batch=2), out)
-            cache[(backend, model_name)] = (adapter, model, out)
-        return cache[(backend, model_name)]
+            cache[key] = (adapter, model, out)
+        return cache[key]
 
     return get
 
@@ -197,6 +203,115 @@ def test_unsupported_precision_is_a_one_line_cli_error(backend):
     assert "Traceback" not in proc.stderr
 
 
+# --------------------------------------------------------------------------- the timed regions
+
+#: An ``mlp`` whose output (batch 2 x ``classes`` float32) dwarfs anything else one call allocates.
+LARGE_OUTPUT = {"hidden": 8, "classes": 131072}
+#: Timed runs of each region in the comparison, interleaved so that drift lands on both alike.
+REGION_RUNS = 300
+#: ``end_to_end`` may look this much faster than ``resident`` (median over median) before the test fails:
+#: the noise of two shared cores, not a real difference (end to end does everything resident does, and more).
+REGION_NOISE = 0.8
+
+
+def _run_code_objects(session) -> set:
+    """The code of every ``run`` the session could reach (its class's, its bases', one set on the instance)."""
+    candidates = [k.__dict__.get("run") for k in type(session).__mro__] + [vars(session).get("run")]
+    return {f.__code__ for f in candidates if hasattr(f, "__code__")}
+
+
+def _python_calls(fn, codes: set) -> list[str]:
+    """Calls ``fn()``; returns the names of the functions with code in ``codes`` entered meanwhile (sys.setprofile)."""
+    entered: list[str] = []
+
+    def profile(frame, event, _arg):
+        if event == "call" and frame.f_code in codes:
+            entered.append(frame.f_code.co_qualname)
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(previous)
+    return entered
+
+
+def _resident_session_or_skip(adapter, artifact):
+    session = adapter.load(artifact)
+    if "resident" not in session.regions:
+        session.close()
+        pytest.skip(f"{type(session).__name__} has no resident region (resident_region = False): "
+                    "its results say end_to_end")
+    return session
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resident_region_leaves_the_outputs_in_the_backend(conformance_compiled, backend):
+    """``run_prepared()`` returns None, never enters ``run()`` (``sys.setprofile``) and allocates no numpy outputs
+    (``tracemalloc``: numpy's allocations are traced; a library that wraps its own buffers in arrays is not, which
+    is why ``run()`` is watched too)."""
+    import tracemalloc
+
+    from dlcbench.compilers.base import Session
+
+    adapter, model, out = conformance_compiled(backend, "mlp", LARGE_OUTPUT)
+    inputs = model.inputs()
+    with _resident_session_or_skip(adapter, out) as session:
+        cls = type(session)
+        assert cls.prepare is not Session.prepare and cls.run_prepared is not Session.run_prepared, (
+            f"{cls.__name__} declares resident_region = True: it must override prepare() and run_prepared()")
+        output_bytes = sum(np.asarray(v).nbytes for v in session.run(inputs).values())
+        session.prepare(inputs)
+        for _ in range(3):  # first calls may allocate for good (JIT compiles, arenas): not the region's cost
+            assert session.run_prepared() is None, "run_prepared() must return None: the outputs stay in the backend"
+        entered = _python_calls(session.run_prepared, _run_code_objects(session))
+        assert not entered, (f"run_prepared() calls {entered[0]}, the end-to-end region (numpy in, numpy out): "
+                             "the resident region must run on the staged inputs and leave the outputs in the backend")
+        tracemalloc.start()
+        try:
+            session.run_prepared()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        tracemalloc.start()
+        try:
+            session.run(inputs)
+            _, peak_end_to_end = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < output_bytes / 4, (
+        f"one run_prepared() allocated {peak} bytes of Python/numpy memory for {output_bytes} bytes of outputs "
+        f"(run(): {peak_end_to_end}): the resident region must leave the outputs in the backend")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_end_to_end_is_not_faster_than_resident(conformance_compiled, backend):
+    """Medians of interleaved ``run_prepared()`` and ``run()`` calls: end to end does more, so it is not faster."""
+    import time
+
+    adapter, model, out = conformance_compiled(backend, "mlp", LARGE_OUTPUT)
+    inputs = model.inputs()
+    resident, end_to_end = [], []
+    with _resident_session_or_skip(adapter, out) as session:
+        session.prepare(inputs)
+        for _ in range(10):
+            session.run_prepared()
+            session.run(inputs)
+        for _ in range(REGION_RUNS):
+            t0 = time.perf_counter()
+            session.run_prepared()
+            t1 = time.perf_counter()
+            session.run(inputs)
+            t2 = time.perf_counter()
+            resident.append(t1 - t0)
+            end_to_end.append(t2 - t1)
+    ratio = float(np.median(end_to_end) / np.median(resident))
+    assert ratio > REGION_NOISE, (
+        f"end_to_end median {np.median(end_to_end) * 1e3:.4f} ms is {1 / ratio:.2f}x faster than resident "
+        f"{np.median(resident) * 1e3:.4f} ms: run_prepared() does work that run() does not")
+
+
 _HIDE_LIBRARY = r"""
 import importlib.abc, importlib.metadata as md, json, sys
 name, blocked = sys.argv[1], set(sys.argv[2].split(","))
@@ -254,5 +369,6 @@ __all__ = [
     "test_interface_contract", "test_adapter_matches_reference",
     "test_artifact_reloads_in_fresh_process_with_same_outputs", "test_unsupported_precision_and_target_are_rejected",
     "test_unsupported_precision_is_a_one_line_cli_error", "test_available_explains_a_missing_library",
-    "test_importing_the_adapter_imports_no_backend_library",
+    "test_importing_the_adapter_imports_no_backend_library", "test_resident_region_leaves_the_outputs_in_the_backend",
+    "test_end_to_end_is_not_faster_than_resident",
 ]

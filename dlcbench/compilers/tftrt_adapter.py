@@ -87,7 +87,9 @@ def _count_trt_ops(function) -> int:
 
 
 class TfTrtSession(Session):
-    """Runs the converted SavedModel's serving signature on the GPU."""
+    """Runs the converted SavedModel's serving signature on the GPU (resident: inputs copied to the GPU once)."""
+
+    resident_region = True
 
     def __init__(self, manifest: Manifest, loaded, function, input_map: dict[str, str], output_map: dict[str, str]):
         super().__init__(manifest)

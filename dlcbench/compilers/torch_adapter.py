@@ -215,7 +215,13 @@ def _as_tensor(value: np.ndarray):
 
 
 class TorchSession(Session):
-    """Runs the converted module eagerly, or its ``torch.compile`` wrapper."""
+    """Runs the converted module eagerly, or its ``torch.compile`` wrapper.
+
+    The resident region calls the module under ``torch.inference_mode()`` on tensors made once and leaves the
+    output tensors unconverted.
+    """
+
+    resident_region = True
 
     def __init__(self, manifest: Manifest, module, backend: str):
         super().__init__(manifest)
@@ -243,6 +249,9 @@ class TorchSession(Session):
             raise BackendRuntimeError(f"{self._backend} run failed: {type(err).__name__}: {one_line(err, 300)}") from None
 
     def prepare(self, inputs):
+        missing = [n for n in self._input_names if n not in inputs]
+        if missing:
+            raise BadInputError(f"missing input(s) {', '.join(missing)}; expected {', '.join(self._input_names)}")
         self._staged = [_as_tensor(inputs[n]) for n in self._input_names]
 
     def run_prepared(self):

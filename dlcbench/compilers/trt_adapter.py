@@ -242,6 +242,7 @@ class TensorRTSession(Session):
     """
 
     native_timer_name = "cuda-events"
+    resident_region = True
 
     def __init__(self, manifest: Manifest, engine_bytes: bytes):
         super().__init__(manifest)

@@ -15,11 +15,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dlcbench import jsonio
 from dlcbench.config import positive_int
+from dlcbench.compilers.base import REGIONS
+from dlcbench.models.export import names_a_file
 from dlcbench.errors import BadInputError, one_line
-from dlcbench.measure.check import check_outputs, check_override_outputs, parse_tolerance_overrides
+from dlcbench.measure.check import check_outputs, check_override_outputs, join_batches, parse_tolerance_overrides
 from dlcbench.measure.timing import TimingConfig, measure, statistics
+
+#: What ``--region`` accepts: one timed region, or ``both`` in one job.
+REGION_CHOICES = (*REGIONS, "both")
+
+
+def check_region(region: str) -> str:
+    """Returns ``region`` if it is one of :data:`REGION_CHOICES`; raises :class:`BadInputError` naming them if not."""
+    if region not in REGION_CHOICES:
+        raise BadInputError(f"unknown region {region!r}; valid: {', '.join(REGION_CHOICES)}")
+    return region
 
 
 @dataclass
@@ -43,6 +57,8 @@ class JobConfig:
         opset: ONNX opset of the export.
         compile_only: Stop after writing the artifact (cross-compiling for a device this machine lacks).
         force_export: Rebuild the model's export cache entry instead of reusing it.
+        region: The timed region (:data:`dlcbench.compilers.base.REGIONS`): ``resident`` (for comparisons),
+            ``end_to_end`` (numpy in, numpy out: what an application sees) or ``both`` (each timed in turn).
     """
 
     backend: str
@@ -61,13 +77,15 @@ class JobConfig:
     opset: int = 17
     compile_only: bool = False
     force_export: bool = False
+    region: str = "resident"
 
     def __post_init__(self):
         positive_int("batch", self.batch)
         positive_int("threads", self.threads)
+        check_region(self.region)
         parse_tolerance_overrides(self.tolerances)  # validate early
         if self.out_dir is None:
-            stem = Path(self.model).stem if os.sep in self.model or "." in self.model else self.model
+            stem = Path(self.model).stem if names_a_file(self.model) else self.model
             self.out_dir = Path("out") / f"{stem}-{self.backend}-{self.target}-{self.precision}-b{self.batch}"
         self.out_dir = Path(self.out_dir)
 
@@ -88,6 +106,10 @@ class JobResult:
     peak_rss_mb: float
     passed: bool
     failure_message: str = ""
+    #: The ``end_to_end`` timing when the job timed both regions (``timing`` is then the ``resident`` one).
+    timing_end_to_end: dict[str, Any] | None = None
+    #: The check cannot discriminate: some output is the same for every distinct input (not a failure).
+    trivial_check: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,8 +156,7 @@ def run_job(config: JobConfig, progress=None) -> JobResult:
     )
     final = check_replaceable(config.out_dir, ARTIFACT)
     source = Path(config.model)
-    is_file = os.sep in config.model or source.suffix
-    if is_file and source.exists() and (final == source.resolve() or final in source.resolve().parents):
+    if names_a_file(config.model) and source.exists() and (final == source.resolve() or final in source.resolve().parents):
         raise BadInputError(f"the output directory {config.out_dir} holds the model {config.model}; choose another --out")
     say(f"exporting {config.model}")
     t0 = time.perf_counter()
@@ -151,30 +172,34 @@ def run_job(config: JobConfig, progress=None) -> JobResult:
             result = _compile_only_result(config, manifest, model, export_seconds, staging)
     if config.compile_only:
         return result
-    inputs = model.inputs()
-    reference = model.reference()
+    batches = model.check_batches()
+    inputs = batches[0][0]
     say("checking outputs")
     with adapter.load(config.out_dir) as session:
-        outputs = session.run(inputs)
+        # The sample batch and the export's extra check batches, joined into rows: enough distinct inputs
+        # to flag outputs that do not depend on them (copies: a session may reuse its output buffers).
+        outputs = join_batches([{k: np.array(v) for k, v in session.run(x).items()} for x, _ in batches])
         report = check_outputs(
-            outputs, reference, config.precision, parse_tolerance_overrides(config.tolerances),
-            classifier=model.meta.get("task") == "classifier",
+            outputs, join_batches([ref for _, ref in batches]), config.precision,
+            parse_tolerance_overrides(config.tolerances), classifier=model.meta.get("task") == "classifier",
+            inputs=join_batches([x for x, _ in batches]),
         )
         say("timing")
-        session.prepare(inputs)
-        timing = measure(session.run_prepared, config.timing, batch=config.batch)
+        timings = time_regions(session, inputs, config.region, config.timing, config.batch)
+        timing = timings[0]
         native = None
         samples = session.native_time(inputs, repeat=max(config.timing.min_iters, 10))
         if samples:
             native = {"timer": session.native_timer_name, "samples_s": samples, "stats": statistics(samples, config.batch)}
-            native["host_over_native"] = timing.stats["median_ms"] / max(native["stats"]["median_ms"], 1e-12)
+            native["host_over_native"] = timing["stats"]["median_ms"] / max(native["stats"]["median_ms"], 1e-12)
     result = JobResult(
         config={**asdict(config), "out_dir": str(config.out_dir)},
         manifest=asdict(manifest),
         model={"name": model.name, "reference_source": model.meta["reference_source"], "summary": model.meta["summary"],
                "export_dir": str(model.directory), "cache_hit": model.cache_hit},
         check=report.to_dict(),
-        timing=timing.to_dict(),
+        timing=timing,
+        timing_end_to_end=timings[1] if len(timings) > 1 else None,
         native_timing=native,
         compile_seconds=manifest.compile_seconds,
         export_seconds=round(export_seconds, 4),
@@ -182,9 +207,38 @@ def run_job(config: JobConfig, progress=None) -> JobResult:
         peak_rss_mb=round(peak_rss_mb(), 1),
         passed=report.passed,
         failure_message=one_line(report.failure_message(), 2000) if not report.passed else "",
+        trivial_check=report.trivial_check,
     )
     (config.out_dir / "result.json").write_text(jsonio.dumps(result.to_dict(), indent=2, default=str))
     return result
+
+
+def time_regions(session, inputs: dict[str, Any], region: str, timing: TimingConfig, batch: int) -> list[dict[str, Any]]:
+    """Times ``session`` on ``inputs`` in ``region`` (one of :data:`REGION_CHOICES`), one region after the other.
+
+    ``resident`` times :meth:`~dlcbench.compilers.base.Session.run_prepared` after one
+    :meth:`~dlcbench.compilers.base.Session.prepare`; ``end_to_end`` times :meth:`~dlcbench.compilers.base.Session.run`.
+    A session without a resident region (``resident_region = False``) is timed end to end instead, and says so.
+
+    Returns:
+        One dict per region timed, ``resident`` first: :meth:`dlcbench.measure.timing.TimingResult.to_dict` plus
+        ``region`` (and ``region_note`` when the region asked for could not be timed).
+    """
+    wanted = REGIONS if check_region(region) == "both" else (region,)
+    note = {}
+    if "resident" in wanted and "resident" not in session.regions:
+        note = {"region_note": f"{type(session).__name__} has no resident region (resident_region = False); "
+                               "timed end to end"}
+        wanted = ("end_to_end",)
+    timings = []
+    for name in wanted:
+        if name == "resident":
+            session.prepare(inputs)
+            result = measure(session.run_prepared, timing, batch=batch)
+        else:
+            result = measure(lambda: session.run(inputs), timing, batch=batch)
+        timings.append({**result.to_dict(), "region": name, **note})
+    return timings
 
 
 def _compile_only_result(config: JobConfig, manifest, model, export_seconds: float, directory: Path) -> JobResult:
@@ -216,18 +270,21 @@ def format_summary(result: JobResult) -> str:
                 f"compile   {result.compile_seconds:.2f} s; artifact {result.artifact_bytes / 1e6:.2f} MB{archs}\n"
                 f"check     skipped (--compile-only)")
     stats = result.timing["stats"]
-    verdict = "PASS" if result.passed else "FAIL"
+    invalid = result.check.get("category") == "invalid_reference"
+    verdict = "PASS" if result.passed else ("INVALID REFERENCE" if invalid else "FAIL")
     max_abs = max((o["metrics"].get("max_abs", 0.0) for o in result.check["outputs"]), default=0.0)
+    trivial = "; ".join(f"output {o['name']}: {o['trivial']}" for o in result.check["outputs"] if o.get("trivial"))
     lines = [
         f"backend   {result.manifest['backend']} {result.manifest['backend_version']} "
         f"({result.manifest['target']}, {result.manifest['precision']}, batch {result.manifest['batch']})",
         f"model     {result.model['name']} (reference: {result.model['reference_source']})",
         f"compile   {result.compile_seconds:.2f} s; artifact {result.artifact_bytes / 1e6:.2f} MB",
-        f"check     {verdict}; max abs error {max_abs:.3g}",
-        f"latency   median {stats['median_ms']:.4f} ms, p90 {stats['p90_ms']:.4f} ms over {stats['count']} runs"
-        f" (cv {stats['cv'] * 100:.1f}%{', UNSTABLE' if stats['unstable'] else ''}); "
-        f"{stats['throughput_per_s']:.1f} items/s",
+        f"check     {verdict}; max abs error {max_abs:.3g}" + (f"; TRIVIAL CHECK ({trivial})" if trivial else ""),
+        f"latency   median {stats['median_ms']:.4f} ms{_interval_text(stats)}, p90 {stats['p90_ms']:.4f} ms over "
+        f"{stats['count']} runs; {stats['throughput_per_s']:.1f} items/s",
+        _spread_text(stats),
     ]
+    lines += _region_lines(result)
     if result.native_timing:
         n = result.native_timing
         lines.append(
@@ -236,3 +293,42 @@ def format_summary(result: JobResult) -> str:
     if not result.passed:
         lines.append(f"failure   {result.failure_message}")
     return "\n".join(lines)
+
+
+#: What each timed region includes, for the summary.
+_REGION_TEXT = {"resident": "inputs staged once, outputs left in the backend",
+                "end_to_end": "numpy in, numpy out, conversions and copies included"}
+
+
+def _region_lines(result: JobResult) -> list[str]:
+    """Which region the latency above is, and the end-to-end median when the job timed both."""
+    region = result.timing.get("region")
+    if region is None:
+        return []
+    note = f"; {result.timing['region_note']}" if result.timing.get("region_note") else ""
+    lines = [f"region    {region} ({_REGION_TEXT.get(region, '?')}){note}"]
+    other = result.timing_end_to_end
+    if other:
+        s = other["stats"]
+        lines.append(f"e2e       median {s['median_ms']:.4f} ms{_interval_text(s)}, p90 {s['p90_ms']:.4f} ms over "
+                     f"{s['count']} runs (end_to_end: {_REGION_TEXT['end_to_end']})")
+    return lines
+
+
+def _interval_text(stats: dict) -> str:
+    """`` (95% CI lo-hi ms)``, with whether the interval target was met, where the stats have them."""
+    if not stats.get("median_ci_ms"):
+        return ""
+    lo, hi = stats["median_ci_ms"]
+    target = stats.get("ci_target")
+    missed = f", wider than the +-{target * 100:g}% target" if target and stats.get("ci_target_met") is False else ""
+    return f" (95% CI {lo:.4f}-{hi:.4f}{missed})"
+
+
+def _spread_text(stats: dict) -> str:
+    """The stability line: robust spread (what UNSTABLE is read from) and the coefficient of variation, in percent."""
+    from dlcbench.measure.timing import SPREAD_FLAG
+
+    spread = f"(p90-p10)/median {stats['spread'] * 100:.1f}%, " if "spread" in stats else ""
+    flag = f"; UNSTABLE (spread above {SPREAD_FLAG * 100:g}%)" if stats["unstable"] else ""
+    return f"spread    {spread}cv (std/mean) {stats['cv'] * 100:.1f}%{flag}"

@@ -15,8 +15,8 @@ from typing import Any, Callable
 from dlcbench.errors import one_line
 
 #: Key statistics of a timing kept in a latency metric's ``detail`` (the rest stays in result.json).
-TIMING_DETAIL = ("count", "min_ms", "mean_ms", "std_ms", "cv", "p90_ms", "p95_ms", "p99_ms", "throughput_per_s",
-                 "unstable")
+TIMING_DETAIL = ("count", "min_ms", "mean_ms", "std_ms", "cv", "p10_ms", "p90_ms", "p95_ms", "p99_ms", "mad_ms",
+                 "spread", "median_ci_ms", "ci_target", "ci_target_met", "throughput_per_s", "unstable")
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,19 @@ def trackers() -> dict[str, Tracker]:
 
 
 def collect_metrics(result: dict[str, Any]) -> list[Metric]:
-    """Every registered tracker's metrics for one job result (trackers with nothing to say return none)."""
-    return [metric for tracker in _TRACKERS.values() for metric in tracker.collect(result)]
+    """Every registered tracker's metrics for one job result (trackers with nothing to say return none).
+
+    A tracker that raises does not cost the job its other metrics: its metric is recorded with no value and
+    the error in ``detail["error"]``.
+    """
+    metrics = []
+    for tracker in _TRACKERS.values():
+        try:
+            metrics += tracker.collect(result)
+        except Exception as err:  # a metric's bug must not lose a finished job's result
+            metrics.append(Metric(tracker.name, None, tracker.unit, None,
+                                  {"error": f"{type(err).__name__}: {one_line(err, 300)}"}))
+    return metrics
 
 
 def _scalar(name: str, unit: str, description: str, get: Callable[[dict[str, Any]], Any]) -> Tracker:
@@ -89,12 +100,51 @@ def latency_metric(name: str, samples_s: list[float], stats: dict[str, Any], **d
                   {**{k: stats[k] for k in TIMING_DETAIL if k in stats}, **detail})
 
 
-def _host_latency(result: dict[str, Any]) -> list[Metric]:
-    timing = result.get("timing") or {}
-    if not timing.get("stats"):
-        return []
-    return [latency_metric("latency", timing["samples_s"], timing["stats"], clock="host",
-                           warmup_runs=timing.get("warmup_runs"))]
+#: The latency metric of each timed region (:data:`dlcbench.compilers.base.REGIONS`): figures of different regions
+#: are different metrics, so nothing that compares one metric across jobs can mix regions. A ``latency`` without
+#: ``detail.region`` was recorded before regions existed (:data:`UNRECORDED`).
+REGION_METRICS = {"resident": "latency", "end_to_end": "latency_end_to_end"}
+#: The region of a ``latency`` recorded before dlcbench said which region it timed.
+UNRECORDED = "unrecorded"
+
+
+def _region_timings(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The host-clock timings of a job result (``timing``, and ``timing_end_to_end`` when both were timed)."""
+    return [t for t in (result.get("timing"), result.get("timing_end_to_end")) if t and t.get("stats")]
+
+
+def _host_latency_of(region: str) -> Callable[[dict[str, Any]], list[Metric]]:
+    """The tracker of ``region``'s latency metric (``latency`` also takes a timing that names no region)."""
+
+    def collect(result: dict[str, Any]) -> list[Metric]:
+        metrics = []
+        for timing in _region_timings(result):
+            timed = timing.get("region")
+            if timed == region or (region == "resident" and timed is None):
+                extra = {"region": timed} if timed else {}
+                if timing.get("region_note"):
+                    extra["region_note"] = timing["region_note"]
+                metrics.append(latency_metric(REGION_METRICS[region], timing["samples_s"], timing["stats"],
+                                              clock="host", warmup_runs=timing.get("warmup_runs"), **extra))
+        return metrics
+
+    return collect
+
+
+def metric_region(name: str, metric: dict[str, Any] | None) -> str | None:
+    """The timed region of a stored latency metric ``name`` (:data:`UNRECORDED` for an old ``latency``), or None
+    for a metric that is no region's latency."""
+    if name not in REGION_METRICS.values() or not metric:
+        return None
+    return (metric.get("detail") or {}).get("region") or UNRECORDED
+
+
+def region_latency(row: dict[str, Any], region: str) -> dict[str, Any] | None:
+    """The measured latency metric of ``region`` (a :data:`REGION_METRICS` key or :data:`UNRECORDED`) in a stored
+    row, or None."""
+    name = REGION_METRICS.get(region, "latency")
+    metric = metric_of(row, name)
+    return metric if metric_region(name, metric) == region and metric.get("value") is not None else None
 
 
 def _native_latency(result: dict[str, Any]) -> list[Metric]:
@@ -105,8 +155,10 @@ def _native_latency(result: dict[str, Any]) -> list[Metric]:
                            host_over_native=native.get("host_over_native"))]
 
 
-register_tracker(Tracker("latency", "ms", "median latency of one inference on the host clock (whole timed call)",
-                         _host_latency))
+register_tracker(Tracker("latency", "ms", "median latency of one inference on the host clock, resident region "
+                         "(inputs staged, outputs left in the backend)", _host_latency_of("resident")))
+register_tracker(Tracker("latency_end_to_end", "ms", "median latency of one inference on the host clock, end-to-end "
+                         "region (numpy in, numpy out)", _host_latency_of("end_to_end")))
 register_tracker(Tracker("latency_native", "ms", "median latency on the backend's own timer, where it has one",
                          _native_latency))
 _scalar("compile_time", "s", "seconds to compile the artifact (tuning included)", lambda r: r.get("compile_seconds"))
@@ -121,11 +173,14 @@ _scalar("parameters", "count", "model parameters", lambda r: ((r.get("model") or
 
 
 def job_row(result: dict[str, Any]) -> dict[str, Any]:
-    """A results-store row from a finished job's result: status, check, manifest and the metrics."""
+    """A results-store row from a finished job's result: status, check, manifest and the metrics.
+
+    A failed check's category is the check's own (``accuracy_fail`` or ``invalid_reference``).
+    """
     passed = bool(result.get("passed"))
     return {
         "status": "ok" if passed else "failed",
-        "category": None if passed else "accuracy_fail",
+        "category": None if passed else ((result.get("check") or {}).get("category") or "accuracy_fail"),
         "message": result.get("failure_message") or None,
         "check_metrics": result.get("check"), "manifest": result.get("manifest"),
         "metrics": [m.to_dict() for m in collect_metrics(result)],

@@ -20,18 +20,33 @@ from typing import Any
 import numpy as np
 
 from dlcbench import jsonio
-from dlcbench.config import cache_dir
+from dlcbench.config import cache_dir, positive_int
+from dlcbench.files import sha256_file
 from dlcbench.errors import BadInputError, ExportError, one_line
 from dlcbench.quiet import import_quietly
 from dlcbench.outputs import forget_on_sigterm, make_temp_dir, remove_on_sigterm, remove_stale, swap_in
 from dlcbench.models.zoo import InputSpec, get_model, sample_inputs
 
-#: Bumped whenever the exported files change meaning, so old cache entries miss (2: entries carry checksums).
-EXPORT_FORMAT = 2
+#: Bumped whenever the exported files change meaning, so old cache entries miss (2: entries carry checksums;
+#: 3: extra check batches at small batch sizes).
+EXPORT_FORMAT = 3
+#: Input rows the output check sees at least: below this batch size an export also stores extra seeded
+#: batches (``check_inputs.npz``/``check_reference.npz``), so a check can tell whether outputs depend on inputs.
+MIN_CHECK_ROWS = 3
 #: Prefix of the directories an export is built in, inside the cache's ``exports`` directory.
 TMP_PREFIX = ".tmp-"
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 18
+
+
+def extra_check_batches(batch: int) -> int:
+    """How many seeded batches an export at ``batch`` stores beside the sample batch (see :data:`MIN_CHECK_ROWS`)."""
+    return -(-MIN_CHECK_ROWS // batch) - 1
+
+
+def check_seed(seed: int, index: int) -> int:
+    """The input seed of extra check batch ``index`` (1, 2...) of an export seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def default_cache_dir() -> Path:
@@ -68,8 +83,7 @@ class ExportConfig:
     force: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.batch, int) or self.batch <= 0:
-            raise BadInputError(f"batch must be a positive integer, got {self.batch}")
+        positive_int("batch", self.batch)
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise BadInputError(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset}")
         if self.fold:
@@ -120,6 +134,30 @@ class ExportedModel:
         with np.load(self.directory / "reference.npz") as data:
             return {k: data[k] for k in data.files}
 
+    def check_batches(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """``(inputs, reference)`` of the sample batch, then of each extra check batch (see :data:`MIN_CHECK_ROWS`)."""
+        batches = [(self.inputs(), self.reference())]
+        count = int(self.meta.get("check_batches") or 0)
+        if count:
+            extra_inputs = _unpack(self.directory / "check_inputs.npz", count)
+            extra_reference = _unpack(self.directory / "check_reference.npz", count)
+            batches += list(zip(extra_inputs, extra_reference))
+        return batches
+
+
+def _pack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays of several batches in one ``.npz``: key ``I:NAME`` for batch ``I`` (from 1)."""
+    return {f"{i}:{name}": value for i, batch in enumerate(batches, 1) for name, value in batch.items()}
+
+
+def _unpack(path: Path, count: int) -> list[dict[str, np.ndarray]]:
+    batches: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+    with np.load(path) as data:
+        for key in data.files:
+            index, _, name = key.partition(":")  # names may hold ':' (tf2onnx's 'x:0'), indices do not
+            batches[int(index) - 1][name] = data[key]
+    return batches
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -146,6 +184,12 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def names_a_file(model: str) -> bool:
+    """Whether a model argument names a file or directory (``path/m.onnx``, ``m.keras``, a SavedModel), not a zoo model."""
+    return model.endswith((".onnx", ".keras")) or os.sep in model or "/" in model or bool(Path(model).suffix) \
+        or Path(model).is_dir()
+
+
 def _source_kind(model: str) -> str:
     path = Path(model)
     if model.endswith(".onnx"):
@@ -162,7 +206,7 @@ def _source_kind(model: str) -> str:
         if not (path / "saved_model.pb").is_file():
             raise BadInputError(f"{model} is a directory but not a SavedModel (no saved_model.pb)")
         return "savedmodel"
-    if os.sep in model or path.suffix:
+    if names_a_file(model):
         if not path.exists():
             raise BadInputError(f"model file not found: {model}")
         raise BadInputError(f"unsupported model file {model}: expected .keras, .onnx or a SavedModel directory")
@@ -305,6 +349,12 @@ def set_batch(model, batch: int) -> None:
 
 def run_onnxruntime(path: Path, inputs: dict[str, np.ndarray], threads: int = 0) -> dict[str, np.ndarray]:
     """Runs an ONNX file on ONNX Runtime's CPU provider; returns outputs by name."""
+    return run_onnxruntime_batches(path, [inputs], threads)[0]
+
+
+def run_onnxruntime_batches(path: Path, batches: list[dict[str, np.ndarray]],
+                            threads: int = 0) -> list[dict[str, np.ndarray]]:
+    """:func:`run_onnxruntime` on each of several input batches, with one session."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -314,7 +364,7 @@ def run_onnxruntime(path: Path, inputs: dict[str, np.ndarray], threads: int = 0)
     try:
         session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, inputs)))
+        return [dict(zip(names, session.run(names, inputs))) for inputs in batches]
     except Exception as err:
         raise ExportError(f"ONNX Runtime cannot run {Path(path).name}: {one_line(err, 300)}") from None
 
@@ -334,11 +384,19 @@ def fold_constants(src: Path, dst: Path) -> None:
 
 
 def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) -> None:
+    """Raises unless ``b`` matches ``a``: close where finite, NaN exactly where NaN, the same Inf where Inf."""
     for name, expected in a.items():
         got = b[name]
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
-            err = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.shape == expected.shape else "shape"
-            raise ExportError(f"{what} changed output {name} (max abs diff {err})")
+        # allclose with equal_nan: NaN equals only NaN, and an Inf only the same-signed Inf
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5, equal_nan=True):
+            if got.shape != expected.shape:
+                raise ExportError(f"{what} changed output {name} (shape {list(got.shape)}, was {list(expected.shape)})")
+            g, e = got.astype(np.float64), np.asarray(expected, np.float64)
+            both = np.isfinite(g) & np.isfinite(e)
+            changed = int(((np.isnan(g) != np.isnan(e)) | (~both & ~np.isnan(g) & ~np.isnan(e) & (g != e))).sum())
+            err = float(np.max(np.abs(np.where(both, g - e, 0.0)), initial=0.0))
+            nonfinite = f", {changed} NaN/Inf positions differ" if changed else ""
+            raise ExportError(f"{what} changed output {name} (max abs diff {err:.3g}{nonfinite})")
 
 
 # --------------------------------------------------------------------------- Keras / TF side
@@ -467,21 +525,13 @@ def export_model(cfg: ExportConfig) -> ExportedModel:
     return ExportedModel(final, meta, cache_hit=False)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _entry_files(directory: Path) -> dict[str, dict[str, Any]]:
     """SHA-256, size and modification time of every file of a cache entry but ``meta.json``."""
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != "meta.json"):
         stat = path.stat()
         files[path.relative_to(directory).as_posix()] = {
-            "sha256": _sha256(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            "sha256": sha256_file(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return files
 
 
@@ -510,7 +560,7 @@ def entry_damage(directory: Path, key: str) -> tuple[str | None, dict[str, Any] 
             stat = path.stat()
             if stat.st_size != record["bytes"]:
                 return f"{rel} has {stat.st_size} bytes, {record['bytes']} were written", None
-            if stat.st_mtime_ns != record["mtime_ns"] and _sha256(path) != record["sha256"]:
+            if stat.st_mtime_ns != record["mtime_ns"] and sha256_file(path) != record["sha256"]:
                 return f"{rel} does not match its SHA-256", None
         except FileNotFoundError:
             return f"{rel} is missing", None
@@ -556,11 +606,15 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
             set_batch(model_proto, cfg.batch)
         inputs = sample_inputs(specs, cfg.batch, cfg.seed)
         reference_source = "onnxruntime"
-        reference = None
+        reference = framework = None
     elif kind == "savedmodel":
         loaded, serve, specs, output_names = _savedmodel_function(Path(cfg.model), cfg)
         inputs = sample_inputs(specs, cfg.batch, cfg.seed)
-        reference = {k: np.asarray(v) for k, v in serve(*[inputs[s.name] for s in specs]).items()}
+
+        def framework(batch):
+            return {k: np.asarray(v) for k, v in serve(*[batch[s.name] for s in specs]).items()}
+
+        reference = framework(inputs)
         model_proto = _convert_function(serve, cfg)
         keras_rel = str(Path(cfg.model).resolve())
         reference_source = "tensorflow"
@@ -583,10 +637,14 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
             specs = spec.input_specs(params)
             _, output_names = _keras_io(model)
         inputs = sample_inputs(specs, cfg.batch, cfg.seed)
-        feed = [inputs[s.name] for s in specs]
-        outs = model(feed if len(feed) > 1 else feed[0], training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        reference = {n: np.asarray(t) for n, t in zip(output_names, outs)}
+
+        def framework(batch):
+            feed = [batch[s.name] for s in specs]
+            outs = model(feed if len(feed) > 1 else feed[0], training=False)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            return {n: np.asarray(t) for n, t in zip(output_names, outs)}
+
+        reference = framework(inputs)
         model_proto = _keras_to_onnx(model, specs, output_names, cfg)
         model.save(out / "model.keras")
         keras_rel = "model.keras"
@@ -600,12 +658,18 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
     raw = out / "model.onnx"
     onnx.save(model_proto, str(raw))
 
-    if reference is None:
-        reference = run_onnxruntime(raw, inputs)
+    # The sample batch, then the extra check batches (seeded apart) that give the check distinct inputs.
+    batches = [inputs] + [sample_inputs(specs, cfg.batch, check_seed(cfg.seed, i))
+                          for i in range(1, extra_check_batches(cfg.batch) + 1)]
+    exported = run_onnxruntime_batches(raw, batches)
+    if framework is None:
+        references = exported
     else:
         # The export must reproduce the framework: a converter bug shows here, not in a backend.
-        exported = run_onnxruntime(raw, inputs)
-        _assert_same(reference, exported, "tf2onnx conversion")
+        references = [reference] + [framework(batch) for batch in batches[1:]]
+        for expected, got in zip(references, exported):
+            _assert_same(expected, got, "tf2onnx conversion")
+    reference = references[0]
 
     folded = False
     if cfg.fold:
@@ -613,13 +677,17 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
         fold_constants(raw, tmp_folded)
         folded_proto = onnx.load(str(tmp_folded))
         check_onnx(folded_proto, f"folded export of {cfg.model}")
-        _assert_same(run_onnxruntime(raw, inputs), run_onnxruntime(tmp_folded, inputs), "constant folding")
+        for expected, got in zip(exported, run_onnxruntime_batches(tmp_folded, batches)):
+            _assert_same(expected, got, "constant folding")
         os.replace(tmp_folded, raw)
         model_proto = folded_proto
         folded = True
 
     np.savez(out / "inputs.npz", **inputs)
     np.savez(out / "reference.npz", **reference)
+    if len(batches) > 1:
+        np.savez(out / "check_inputs.npz", **_pack(batches[1:]))
+        np.savez(out / "check_reference.npz", **_pack(references[1:]))
     from dlcbench.models.summary import summarize_onnx
 
     static_copy = onnx.ModelProto()
@@ -637,6 +705,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
         "keras": keras_rel,
         "erfc_rewritten": fixed,
         "reference_source": reference_source,
+        "check_batches": len(batches) - 1,
         "inputs": [
             {"name": s.name, "shape": list(s.with_batch(cfg.batch if cfg.static else None)), "dtype": s.dtype}
             for s in specs
@@ -694,7 +763,7 @@ def wrap_onnx(onnx_model, directory: Path, name: str, inputs: dict[str, np.ndarr
                                                                      if o.domain in ("", "ai.onnx")), default=None),
         "static": True, "folded": False, "task": "generic", "keras": None, "reference_source": reference_source,
         "fixed_shapes": bool(fixed_shapes), "inputs": input_specs, "outputs": output_specs, "summary": {},
-        "onnx_sha256": file_digest(directory / "model.onnx"),
+        "onnx_sha256": sha256_file(directory / "model.onnx"),
     }
     (directory / "meta.json").write_text(jsonio.dumps(meta, indent=2))
     for file, arrays in (("inputs.npz", inputs), ("reference.npz", reference)):

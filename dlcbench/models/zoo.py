@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from dlcbench.config import positive_int
 from dlcbench.errors import BadInputError
 from dlcbench.fieldtypes import coerce_value
 
@@ -45,8 +46,7 @@ def sample_inputs(specs: list[InputSpec], batch: int, seed: int = 0) -> dict[str
     Floats are standard normal, integers uniform in ``[0, spec.high)``; the same
     seed always gives the same arrays, so every backend sees identical data.
     """
-    if batch <= 0:
-        raise BadInputError(f"batch must be a positive integer, got {batch}")
+    positive_int("batch", batch)
     rng = np.random.default_rng(seed)
     arrays = {}
     for spec in specs:

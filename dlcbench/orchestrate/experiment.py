@@ -1,4 +1,4 @@
-"""Experiments: a models x backends x batches matrix, run job by job, resumable, stored in SQLite."""
+"""Experiments: a models x backends x batches x threads matrix, run job by job, resumable, stored in SQLite."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from dlcbench.config import positive_int, split_list
-from dlcbench.errors import BadInputError
+from dlcbench.errors import BackendUnavailableError, BadInputError
 from dlcbench.orchestrate.launcher import run_isolated
-from dlcbench.measure.job import JobConfig
+from dlcbench.models.export import names_a_file
+from dlcbench.measure.job import JobConfig, check_region
+from dlcbench.measure.trackers import REGION_METRICS
 from dlcbench.results.store import DEFAULT_DB, ResultsStore
 from dlcbench.measure.timing import TimingConfig
 
@@ -30,12 +32,6 @@ def _unique(items: list, what: str, repeated: list[str]) -> list:
     return seen
 
 
-def _is_path(model: str) -> bool:
-    """Whether a ``--models`` entry names a file or directory rather than a zoo model (as the exporter decides)."""
-    return (model.endswith((".onnx", ".keras")) or os.sep in model or "/" in model or Path(model).suffix != ""
-            or Path(model).is_dir())
-
-
 @dataclass
 class ExperimentConfig:
     """A comparison matrix.
@@ -46,7 +42,8 @@ class ExperimentConfig:
         backends: Registered backend names.
         batches: Batch sizes.
         precision: One precision for the whole comparison.
-        threads: One thread count, applied to every backend by its own mechanism.
+        threads: Thread counts (one count or a list, ``"1,2"`` too), each applied to every backend by its own
+            mechanism; each count is a point of the matrix (a thread sweep is one experiment).
         preset: Zoo preset.
         target: ``cpu`` or ``cuda``.
         db: Results database path.
@@ -56,9 +53,12 @@ class ExperimentConfig:
         out_root: Where artifacts go (one directory per job); relative to the caller's working directory.
         retry_failed: Rerun the jobs recorded as failed (not the successful ones).
         db_wait: Seconds a database write waits for another process's lock (None: the store's default).
+        region: The timed region of every job: ``resident``, ``end_to_end`` or ``both``
+            (:data:`dlcbench.measure.job.REGION_CHOICES`).
 
     Validation happens here, for the whole matrix at once: repeated models, backends and batches are
-    dropped (listed in ``repeated``); model paths are made absolute against the working directory.
+    dropped (listed in ``repeated``); model paths are made absolute against the working directory. ``threads``
+    becomes a list.
 
     Raises:
         BadInputError: an unknown backend, model, precision, target or preset; a missing model file; a
@@ -71,7 +71,7 @@ class ExperimentConfig:
     backends: list[str]
     batches: list[int] = field(default_factory=lambda: [1])
     precision: str = "fp32"
-    threads: int = 1
+    threads: int | list[int] = 1
     preset: str = "default"
     target: str = "cpu"
     db: Path = DEFAULT_DB
@@ -81,6 +81,7 @@ class ExperimentConfig:
     out_root: Path = Path("out") / "experiments"
     retry_failed: bool = False
     db_wait: float | None = None
+    region: str = "resident"
 
     def __post_init__(self):
         from dlcbench.compilers.base import PRECISIONS, TARGETS
@@ -92,13 +93,20 @@ class ExperimentConfig:
             self.batches = [int(b) for b in split_list(self.batches)]
         except ValueError:
             raise BadInputError(f"batches must be integers, got {self.batches}") from None
-        if not self.name or not self.models or not self.backends or not self.batches:
-            raise BadInputError("empty matrix: give a --name and at least one model, backend and batch")
+        threads = split_list(self.threads) if isinstance(self.threads, (str, list, tuple)) else [self.threads]
+        try:
+            self.threads = [int(t) if isinstance(t, str) else t for t in threads]
+        except ValueError:
+            raise BadInputError(f"threads must be integers, got {self.threads}") from None
+        if not self.name or not self.models or not self.backends or not self.batches or not self.threads:
+            raise BadInputError("empty matrix: give a --name and at least one model, backend, batch and thread count")
         for batch in self.batches:
             positive_int("batch", batch)
-        positive_int("threads", self.threads)
+        for count in self.threads:
+            positive_int("threads", count)
         if not self.timeout_s > 0:
             raise BadInputError(f"the job timeout must be positive, got {self.timeout_s}")
+        check_region(self.region)
         if self.db_wait is not None and not self.db_wait >= 0:
             raise BadInputError(f"the database wait must be >= 0 seconds, got {self.db_wait}")
         if self.precision not in PRECISIONS:
@@ -107,14 +115,19 @@ class ExperimentConfig:
             raise BadInputError(f"unknown target {self.target!r}; valid: {', '.join(TARGETS)}")
         if self.preset not in PRESETS:
             raise BadInputError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
-        classes = {b: get_adapter_class(b) for b in self.backends}  # unknown or broken: one line, listing valid
+        classes = {}
+        for backend in self.backends:  # unknown: one line listing the valid names
+            try:
+                classes[backend] = get_adapter_class(backend)
+            except BackendUnavailableError:  # a plugin that fails to import: its jobs record `unavailable`
+                continue
         for what, value in (("precision", self.precision), ("target", self.target)):
-            if not any(value in getattr(cls, what + "s") for cls in classes.values()):
+            if classes and not any(value in getattr(cls, what + "s") for cls in classes.values()):
                 can = "; ".join(f"{b}: {', '.join(getattr(cls, what + 's'))}" for b, cls in classes.items())
                 raise BadInputError(f"no backend of the matrix has {what} {value} ({can})")
         models = []
         for model in self.models:
-            if _is_path(model):
+            if names_a_file(model):
                 path = Path(os.path.abspath(Path(model).expanduser()))  # the caller's directory, not the worker's
                 if not path.exists():
                     raise BadInputError(f"model file not found: {model} (looked for {path})")
@@ -124,24 +137,52 @@ class ExperimentConfig:
                 models.append(model)
         self.repeated: list[str] = []
         self.models = _unique(models, "model", self.repeated)
+        stems: dict[str, str] = {}
+        for model in self.models:  # artifacts and report labels are named by the model's stem
+            other = stems.setdefault(Path(model).stem, model)
+            if other != model:
+                raise BadInputError(f"two models of the matrix are both named {Path(model).stem!r} ({other}, {model}): "
+                                    "rename one, their artifacts and report rows would be confused")
         self.backends = _unique(self.backends, "backend", self.repeated)
         self.batches = _unique(self.batches, "batch", self.repeated)
+        self.threads = _unique(self.threads, "thread count", self.repeated)
         self.db, self.out_root = Path(self.db), Path(os.path.abspath(self.out_root))
 
     def jobs(self) -> list[JobConfig]:
-        """The matrix as job configs, models outermost."""
+        """The matrix as job configs: models outermost, then thread counts, batches, backends (the backends of
+        one point run one after another)."""
+        sweep = len(self.threads) > 1
         return [
             JobConfig(backend=b, model=m, preset=self.preset, target=self.target, precision=self.precision,
-                      batch=n, threads=self.threads, timing=self.timing,
-                      out_dir=self.out_root / self.name / f"{Path(m).stem}-{b}-b{n}")
-            for m in self.models for n in self.batches for b in self.backends
+                      batch=n, threads=t, timing=self.timing, region=self.region,
+                      out_dir=self.out_root / self.name / f"{Path(m).stem}-{b}-b{n}{f'-t{t}' if sweep else ''}")
+            for m in self.models for t in self.threads for n in self.batches for b in self.backends
         ]
 
 
+#: The JobConfig fields every job key has hashed from the start (the thread count among them).
+_KEY_FIELDS = ("backend", "model", "preset", "params", "target", "precision", "batch", "threads", "backend_options",
+               "tolerances", "seed", "opset", "compile_only")
+#: JobConfig fields that never make a job different (where it writes, how long it times, cache refresh).
+_NOT_KEY_FIELDS = ("out_dir", "timing", "force_export")
+
+
 def job_key(job: JobConfig) -> str:
-    """Identity of a job inside an experiment (what a rerun skips)."""
-    ident = {k: v for k, v in asdict(job).items() if k not in ("out_dir", "timing", "force_export")}
+    """Identity of a job inside an experiment (what a rerun skips).
+
+    The fields of :data:`_KEY_FIELDS`; a JobConfig field added since joins the key only when it differs from its
+    default, so adding a field leaves the jobs already in a database recognised.
+    """
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(JobConfig) if f.name not in _KEY_FIELDS and f.name not in _NOT_KEY_FIELDS}
+    ident = {k: v for k, v in asdict(job).items()
+             if k in _KEY_FIELDS or (k in defaults and v != _plain(defaults[k]))}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _plain(value: Any) -> Any:
+    """A default as ``asdict`` renders it (a dataclass default becomes a dict)."""
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
 def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | None = None,
@@ -176,12 +217,14 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
             hint = "--retry-failed reruns failed ones, --force all" if not config.retry_failed else "--force reruns all"
             say(f"{config.name}: all {len(jobs)} jobs already recorded ({hint})")
             return counts
-        record = environment or collect_environment(config.threads)
+        record = environment or collect_environment(max(config.threads))  # the roofline's peak: all threads
         env_id = store.add_environment(record)
         try:
             for index, job in enumerate(todo, 1):
                 key = job_key(job)
                 label = f"{Path(job.model).stem}/{job.backend}/b{job.batch}"
+                if len(config.threads) > 1:
+                    label += f"/t{job.threads}"
                 why_not = store.claim(config.name, key, skip_statuses)
                 if why_not:
                     counts["held" if why_not.startswith("held") else "skipped"] += 1
@@ -201,10 +244,10 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
                     path = store.journal_result(config.name, key, row, record, exp_config)
                     counts["journaled"] += 1
                     say(f"warning: {err}; the result of {label} is kept in {path} and the next run imports it")
-                latency = next((m for m in row.get("metrics", []) if m["name"] == "latency"), None)
-                outcome = f"{latency['value']:.4f} ms" if latency else ""
+                latencies = [m for m in row.get("metrics", []) if m["name"] in REGION_METRICS.values()]
+                outcome = ", ".join(f"{m['value']:.4f} ms {m['detail'].get('region', '')}".strip() for m in latencies)
                 if row["status"] != "ok":
-                    outcome = f"{row['category']}: {row.get('message', '')[:160]} {outcome}".strip()
+                    outcome = f"{row['category']}: {(row.get('message') or '')[:160]} {outcome}".strip()
                 say(f"    {label}: {outcome} ({time.perf_counter() - start:.1f} s)")
         finally:
             store.release_claims()

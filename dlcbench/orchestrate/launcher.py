@@ -15,7 +15,8 @@ build on :func:`start_worker`, :func:`wait_worker`, :func:`end_group` and :func:
   process is gone, ends the worker groups and removes the directories still registered with it.
 
 Experiment rows carry a category: ``unavailable``, ``export_error``, ``compile_error``,
-``unsupported_op``, ``runtime_error``, ``crash``, ``timeout``, ``accuracy_fail`` (and ``bad_input``).
+``unsupported_op``, ``runtime_error``, ``crash``, ``timeout``, ``accuracy_fail``, ``invalid_reference``
+(the reference holds NaN/Inf, so the check cannot tell right from wrong) and ``bad_input``.
 
 This module imports only the standard library and :mod:`dlcbench.errors` at module level (it also serves
 machines without the rest of dlcbench); job-related modules are imported inside the functions that use them.
@@ -363,20 +364,29 @@ def _start_job(job: JobConfig, tmp: Path, mode: list[str], **popen_kwargs: Any) 
 
 
 def run_isolated(job: JobConfig, timeout_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Runs ``job`` in a fresh Python process; returns a results-store row (never raises for job failures)."""
-    from dlcbench.measure.trackers import failure_row
+    """Runs ``job`` in a fresh Python process; returns a results-store row (never raises for job failures).
+
+    The row's metrics come from the trackers registered in this process (:mod:`dlcbench.measure.trackers`).
+    """
+    from dlcbench.measure.trackers import failure_row, job_row
+    from dlcbench.outputs import remove_stale_siblings
 
     with owned_temp_dir("dlcbench-job-") as tmp:
         proc, out_file = _start_job(job, tmp, [], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
         ended, output = wait_worker(proc, timeout_s)
-        if ended.status == "timeout":
-            return failure_row("timeout", f"no result after {timeout_s:g} s; killed")
-        if out_file.is_file():
-            return json.loads(out_file.read_text())
+        payload = json.loads(out_file.read_text()) if out_file.is_file() else None
+    if payload is None:
+        remove_stale_siblings(job.out_dir)  # the half-written artifact of a worker that was killed
+    if ended.status == "timeout":
+        return failure_row("timeout", f"no result after {timeout_s:g} s; killed")
+    if payload is None:
         tail = one_line(output[-600:], 600) if output else ""
         no_result = "" if ended.status == "crash" else " and no result"
         return failure_row("crash", f"worker {ended.message}{no_result}. {tail}".strip())
+    if "error" in payload:
+        return failure_row(payload["error"]["category"], payload["error"]["message"])
+    return job_row(payload["result"])
 
 
 class WorkerError(DlcbenchError):
@@ -405,9 +415,12 @@ def run_supervised(job: JobConfig, timeout_s: float | None = None) -> dict[str, 
         sys.stderr.flush()
         proc, out_file = _start_job(job, tmp, ["--cli"], stdin=subprocess.DEVNULL, stdout=2)
         ended, _ = wait_worker(proc, timeout_s)
-        if ended.status == "timeout":
-            raise JobTimeoutError(f"{what} had no result after {timeout_s:g} s; killed")
         if not out_file.is_file():
+            from dlcbench.outputs import remove_stale_siblings
+
+            remove_stale_siblings(job.out_dir)  # the half-written artifact of the killed worker
+            if ended.status == "timeout":
+                raise JobTimeoutError(f"{what} had no result after {timeout_s:g} s; killed")
             detail = "" if ended.status == "crash" else " without a result"
             raise JobCrashError(f"{what} {ended.message}{detail} (its output is above)")
         payload = json.loads(out_file.read_text())

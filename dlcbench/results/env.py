@@ -1,4 +1,7 @@
-"""The environment record stored with every result: machine, software, git revision, measured peak."""
+"""The environment record stored with every result: machine, software, git revision, measured peak.
+
+Imports only the standard library and :mod:`dlcbench.jsonio` (bundles ship it to machines without dlcbench).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ PACKAGES = ("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "a
 _FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "sve")
 
 
-def _cpu() -> dict:
+def cpu_info() -> dict:
+    """This CPU's model name and the SIMD flags that matter for results."""
     info = {"model": platform.processor() or platform.machine(), "flags": []}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -35,7 +39,8 @@ def _cpu() -> dict:
     return info
 
 
-def _memory_gb() -> float | None:
+def memory_gb() -> float | None:
+    """Total memory in GiB (Linux), or None."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
@@ -45,17 +50,18 @@ def _memory_gb() -> float | None:
     return None
 
 
-def _gpu() -> list[dict]:
+def gpus() -> list[dict]:
+    """NVIDIA GPUs as ``nvidia-smi`` reports them (name, driver, memory, compute capability, max clocks, power state)."""
     if not shutil.which("nvidia-smi"):
         return []
+    fields = ("name", "driver_version", "memory.total", "compute_cap", "clocks.max.sm", "clocks.max.mem", "pstate")
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20,
-        ).stdout
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [dict(zip(("name", "driver", "memory"), (p.strip() for p in line.split(",")))) for line in out.splitlines() if line.strip()]
+    keys = ("name", "driver", "memory", "compute_cap", "max_sm_clock", "max_mem_clock", "pstate")
+    return [dict(zip(keys, (p.strip() for p in line.split(",")))) for line in out.splitlines() if line.strip()]
 
 
 def git_revision() -> str | None:
@@ -125,10 +131,10 @@ def environment(threads: int | None = None, peak: bool = True) -> dict:
     """Collects the environment record; ``peak`` also runs the matmul micro-benchmark."""
     record = {
         "hostname": platform.node(),
-        "cpu": _cpu(),
+        "cpu": cpu_info(),
         "cores": os.cpu_count(),
-        "memory_gb": _memory_gb(),
-        "gpus": _gpu(),
+        "memory_gb": memory_gb(),
+        "gpus": gpus(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "packages": package_versions(),

@@ -1,4 +1,8 @@
-"""Markdown report and PNG plots of one experiment: latency, speedup heatmap, batch scaling, roofline."""
+"""Markdown report and PNG plots of one experiment: latency, speedup heatmap, batch and thread scaling, roofline.
+
+Speedups are ratios of medians with a 95 % bootstrap interval (both rows' stored samples resampled); a
+backend is called faster or slower than the baseline only when the interval excludes 1.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from dlcbench.errors import BadInputError
-from dlcbench.measure.trackers import metric_of, value_of
+from dlcbench.measure.timing import NO_DIFFERENCE, SPREAD_FLAG, compare_medians, statistics
+from dlcbench.measure.trackers import REGION_METRICS, UNRECORDED, metric_of, metric_region, region_latency, value_of
 from dlcbench.outputs import OutputKind, Owned, staged_output
 from dlcbench.results.store import ResultsStore
 
@@ -33,19 +38,83 @@ def series(row: dict[str, Any]) -> str:
     return row["backend"] if target == "cpu" else f"{row['backend']}@{target}"
 
 
+def _cpu_threads(row: dict[str, Any]) -> int | None:
+    """The thread count of a CPU row; None on a GPU, where it is only the compiler's."""
+    return row.get("threads") if (row.get("target") or "cpu") == "cpu" else None
+
+
+def _thread_sweep(rows) -> bool:
+    return len({_cpu_threads(r) for r in rows} - {None}) > 1
+
+
+def _series_threads(row: dict[str, Any], sweep: bool) -> str:
+    """:func:`series`, with ``/tN`` in a thread sweep."""
+    threads = _cpu_threads(row)
+    return series(row) + (f"/t{threads}" if sweep and threads is not None else "")
+
+
+def _samples(row: dict[str, Any]) -> np.ndarray | None:
+    latency = metric_of(row, "latency")
+    return np.asarray(latency["samples"], dtype=np.float64) if latency and latency.get("samples") else None
+
+
+#: Timed regions a report shows, in order: each is reported on its own, never compared with another.
+REPORT_REGIONS = (*REGION_METRICS, UNRECORDED)
+#: How the report names each region.
+REGION_TITLES = {
+    "resident": "resident region (inputs staged, outputs left in the backend)",
+    "end_to_end": "end-to-end region (numpy in, numpy out)",
+    UNRECORDED: "region not recorded (timed before dlcbench recorded it; backends' timed calls differed then)",
+}
+
+
+def region_rows(rows, region: str) -> list[dict[str, Any]]:
+    """The rows with a latency of ``region``, each a copy whose ``latency`` metric is that region's and whose other
+    regions' latencies are dropped (``row["region"]`` names it): what every plot and speedup of one region reads."""
+    out = []
+    for row in rows:
+        metric = region_latency(row, region)
+        if metric:
+            others = {k: v for k, v in (row.get("metrics") or {}).items() if k not in REGION_METRICS.values()}
+            out.append({**row, "region": region, "metrics": {**others, "latency": metric}})
+    return out
+
+
+def rows_region(rows) -> str | None:
+    """The one timed region of the ``latency`` figures in ``rows`` (None when they have none).
+
+    Raises:
+        BadInputError: the rows hold latencies of different regions (select one with :func:`region_rows`).
+    """
+    regions = {metric_region("latency", metric_of(r, "latency")) for r in rows} - {None}
+    if len(regions) > 1:
+        raise BadInputError(f"latencies of different timed regions ({', '.join(sorted(regions))}) cannot be "
+                            "compared; select one region's rows with region_rows()")
+    return next(iter(regions), None)
+
+
+def _region_title(rows) -> str:
+    """`` - REGION`` for plot titles."""
+    region = rows_region(rows)
+    return f" - {region}" if region else ""
+
+
 def plot_latency(rows, path: Path) -> None:
-    """Median latency per model and backend with p10-p90 error bars, one panel per batch."""
+    """Median latency per model and backend with p10-p90 error bars, one panel per batch (rows of one region)."""
+    region = _region_title(rows)
     plt = _plt()
     batches = sorted({r["batch"] for r in rows})
     models = sorted({_label(r) for r in rows})
-    backends = sorted({series(r) for r in rows})
+    sweep = _thread_sweep(rows)
+    backends = sorted({_series_threads(r, sweep) for r in rows})
     fig, axes = plt.subplots(1, len(batches), figsize=(max(6, 2.5 * len(models)) * len(batches) / 1.5, 4), squeeze=False)
     width = 0.8 / max(len(backends), 1)
     for ax, batch in zip(axes[0], batches):
         for i, backend in enumerate(backends):
             meds, lo, hi = [], [], []
             for model in models:
-                row = next((r for r in rows if series(r) == backend and _label(r) == model and r["batch"] == batch), None)
+                row = next((r for r in rows if _series_threads(r, sweep) == backend and _label(r) == model
+                            and r["batch"] == batch), None)
                 latency = metric_of(row, "latency") if row else None
                 samples = np.asarray(latency["samples"]) if latency and latency.get("samples") else None
                 if samples is None:
@@ -58,80 +127,171 @@ def plot_latency(rows, path: Path) -> None:
         ax.set_xticks(np.arange(len(models)) + width * (len(backends) - 1) / 2, models)
         ax.set_yscale("log")
         ax.set_ylabel("median latency (ms, log)")
-        ax.set_title(f"batch {batch} (bars: median, whiskers: p10-p90)")
+        ax.set_title(f"batch {batch}{region} (bars: median, whiskers: p10-p90)")
     axes[0][0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def speedups(rows, baseline: str) -> tuple[list[str], list[str], np.ndarray]:
-    """Baseline median / backend median per (model at smallest batch, backend); NaN where missing."""
-    batch = min(r["batch"] for r in rows)
+def speedup_comparisons(rows, baseline: str) -> list[dict[str, Any]]:
+    """Every backend against ``baseline`` wherever both ran: the same model and batch, and the same thread count
+    when both run on the CPU.
+
+    Each comparison: ``model``, ``batch``, ``threads`` (the CPU side's; None for two GPU rows), ``backend``,
+    ``speedup`` (baseline median / backend median, >1 = faster), ``ci`` (its 95 % bootstrap interval, from the
+    stored samples; None without them) and ``verdict`` (``faster``, ``slower``, ``no significant difference``,
+    or ``no samples``).
+
+    Raises:
+        BadInputError: the rows' latencies are of different timed regions (see :func:`region_rows`).
+    """
+    rows_region(rows)
+    timed = [r for r in rows if value_of(r, "latency")]
+    bases = [r for r in timed if series(r) == baseline]
+    out = []
+    for row in timed:
+        if series(row) == baseline:
+            continue
+        for base in bases:
+            same_threads = _cpu_threads(row) is None or _cpu_threads(base) is None or row["threads"] == base["threads"]
+            if _label(base) != _label(row) or base["batch"] != row["batch"] or not same_threads:
+                continue
+            a, b = _samples(base), _samples(row)
+            if a is not None and b is not None:
+                result = compare_medians(a, b)
+            else:
+                result = {"speedup": value_of(base, "latency") / value_of(row, "latency"), "ci": None,
+                          "verdict": "no samples"}
+            threads = _cpu_threads(row) if _cpu_threads(row) is not None else _cpu_threads(base)
+            out.append({"model": _label(row), "batch": row["batch"], "threads": threads, "backend": series(row),
+                        **result})
+    return sorted(out, key=lambda c: (c["model"], c["batch"], c["threads"] or 0, c["backend"]))
+
+
+def _heatmap_point(rows) -> tuple[int, int | None]:
+    """The (batch, CPU thread count) the heatmap shows: the smallest of each."""
+    threads = sorted({_cpu_threads(r) for r in rows} - {None})
+    return min(r["batch"] for r in rows), (threads[0] if threads else None)
+
+
+def _heatmap(rows, baseline: str) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]]]:
+    batch, threads = _heatmap_point(rows)
     models = sorted({_label(r) for r in rows})
     backends = sorted({series(r) for r in rows})
-    med = {(_label(r), series(r)): value_of(r, "latency") for r in rows if r["batch"] == batch and value_of(r, "latency")}
+    cells = {}
+    for c in speedup_comparisons([r for r in rows if r["batch"] == batch], baseline):
+        if c["threads"] in (threads, None):
+            cells.setdefault((c["model"], c["backend"]), c)
+    for model in models:
+        if any(_label(r) == model and series(r) == baseline and r["batch"] == batch and value_of(r, "latency")
+               for r in rows):
+            cells[(model, baseline)] = {"speedup": 1.0, "ci": None, "verdict": "baseline"}
+    return models, backends, cells
+
+
+def speedups(rows, baseline: str) -> tuple[list[str], list[str], np.ndarray]:
+    """Speedup (baseline median / backend median) per (model, backend) at the smallest batch (and smallest
+    thread count); NaN where missing. Intervals and verdicts: :func:`speedup_comparisons`."""
+    models, backends, cells = _heatmap(rows, baseline)
     grid = np.full((len(models), len(backends)), np.nan)
     for i, model in enumerate(models):
-        base = med.get((model, baseline))
         for j, backend in enumerate(backends):
-            if base and med.get((model, backend)):
-                grid[i, j] = base / med[(model, backend)]
+            if (model, backend) in cells:
+                grid[i, j] = cells[(model, backend)]["speedup"]
     return models, backends, grid
 
 
+_SHORT = {"faster": "faster", "slower": "slower", NO_DIFFERENCE: "no sig. diff.", "no samples": "no samples",
+          "baseline": "baseline"}
+
+
 def plot_speedup(rows, baseline: str, path: Path) -> None:
+    """Heatmap of speedups with their 95 % intervals and verdicts; a difference the interval does not show
+    significant is coloured neutral."""
     plt = _plt()
-    models, backends, grid = speedups(rows, baseline)
-    fig, ax = plt.subplots(figsize=(1.6 * len(backends) + 2, 0.7 * len(models) + 1.8))
+    models, backends, cells = _heatmap(rows, baseline)
+    grid = np.full((len(models), len(backends)), np.nan)
+    for (model, backend), c in cells.items():
+        significant = c["verdict"] in ("faster", "slower", "no samples")
+        grid[models.index(model), backends.index(backend)] = np.log2(c["speedup"]) if significant else 0.0
+    fig, ax = plt.subplots(figsize=(2.0 * len(backends) + 2, 0.9 * len(models) + 1.8))
     finite = grid[np.isfinite(grid)]
-    span = max(abs(np.log2(finite)).max(), 1.0) if finite.size else 1.0
-    im = ax.imshow(np.log2(grid), cmap="RdYlGn", vmin=-span, vmax=span)
-    for i in range(len(models)):
-        for j in range(len(backends)):
-            ax.text(j, i, "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}x", ha="center", va="center", fontsize=9)
+    span = max(abs(finite).max(), 1.0) if finite.size else 1.0
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=-span, vmax=span)
+    for i, model in enumerate(models):
+        for j, backend in enumerate(backends):
+            c = cells.get((model, backend))
+            text = "n/a"
+            if c:
+                interval = f"\n[{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]" if c["ci"] else ""
+                text = f"{c['speedup']:.2f}x{interval}\n{_SHORT.get(c['verdict'], c['verdict'])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(backends)), backends)
     ax.set_yticks(range(len(models)), models)
-    ax.set_title(f"speedup over {baseline} (batch {min(r['batch'] for r in rows)}; >1 = faster)")
-    fig.colorbar(im, ax=ax, label="log2 speedup")
+    batch, threads = _heatmap_point(rows)
+    where = f"batch {batch}" + (f", {threads} thread(s)" if threads is not None else "")
+    ax.set_title(f"speedup over {baseline}{_region_title(rows)} ({where}; >1 = faster; [95 % CI])", fontsize=9)
+    fig.colorbar(im, ax=ax, label="log2 speedup (0 where not significant)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_scaling(rows, path: Path) -> None:
-    """Throughput against batch size per model and backend."""
+    """Throughput against batch size per model, backend (and thread count), and against the CPU thread count
+    per model, backend and batch."""
     plt = _plt()
-    lines = defaultdict(list)
+    sweep = _thread_sweep(rows)
+    by_batch, by_threads = defaultdict(list), defaultdict(list)
     for r in rows:
         throughput = (metric_of(r, "latency") or {}).get("detail", {}).get("throughput_per_s")
         if throughput:
-            lines[(_label(r), series(r))].append((r["batch"], throughput))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (model, backend), points in sorted(lines.items()):
+            by_batch[(_label(r), _series_threads(r, sweep))].append((r["batch"], throughput))
+            if _cpu_threads(r) is not None:
+                by_threads[(_label(r), series(r), r["batch"])].append((r["threads"], throughput))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for (model, backend), points in sorted(by_batch.items()):
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{model}/{backend}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("throughput (items/s)")
-    ax.set_title("batch-size scaling")
-    ax.legend(fontsize=7, ncol=2)
+        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{model}/{backend}")
+    left.set_xscale("log", base=2)
+    left.set_yscale("log")
+    left.set_xlabel("batch size")
+    left.set_ylabel("throughput (items/s)")
+    left.set_title(f"batch-size scaling{_region_title(rows)}")
+    left.legend(fontsize=7, ncol=2)
+    if sweep:
+        for (model, backend, batch), points in sorted(by_threads.items()):
+            points.sort()
+            right.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{model}/{backend}/b{batch}")
+        right.set_xscale("log", base=2)
+        right.set_yscale("log")
+        right.legend(fontsize=7, ncol=2)
+    else:
+        counts = sorted({p[0] for v in by_threads.values() for p in v})
+        right.text(0.5, 0.5, f"one thread count ({', '.join(map(str, counts)) or 'GPU only'}):\n"
+                   "compare --threads 1,2,... sweeps it", ha="center", va="center", transform=right.transAxes)
+    right.set_xlabel("CPU threads")
+    right.set_ylabel("throughput (items/s)")
+    right.set_title(f"thread scaling (CPU rows){_region_title(rows)}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def roofline_points(rows) -> list[dict[str, Any]]:
-    """Achieved GFLOP/s and arithmetic intensity (FLOPs per weight byte) of each successful row."""
+    """Achieved GFLOP/s and arithmetic intensity (FLOPs per weight byte) of each successful row (rows of one region)."""
+    rows_region(rows)
     points = []
+    sweep = _thread_sweep(rows)
     for r in rows:
         median_ms, flops = value_of(r, "latency"), value_of(r, "flops")
         if not (median_ms and flops):
             continue
         manifest = r.get("manifest") or {}
         weight_bytes = 4 * (value_of(r, "parameters") or 0) or max(value_of(r, "artifact_size") or 0, 1)
-        points.append({"label": f"{_label(r)}/{series(r)}/b{r['batch']}", "backend": series(r),
+        threads = f"/t{r['threads']}" if sweep and _cpu_threads(r) is not None else ""
+        points.append({"label": f"{_label(r)}/{series(r)}/b{r['batch']}{threads}", "backend": series(r),
                        "gflops": flops / (median_ms / 1e3) / 1e9,
                        "intensity": flops / weight_bytes, "target": manifest.get("target")})
     return points
@@ -157,11 +317,36 @@ def plot_roofline(rows, environment: dict[str, Any], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOPs per weight byte)")
     ax.set_ylabel("achieved GFLOP/s")
-    ax.set_title("CPU roofline (measured matmul peak and copy bandwidth)")
+    ax.set_title(f"CPU roofline{_region_title(rows)} (measured matmul peak and copy bandwidth)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _unstable(row: dict[str, Any]) -> bool:
+    """The robust stability flag, recomputed from the samples for rows stored with the older cv-based one."""
+    detail = metric_of(row, "latency")["detail"]
+    if "spread" not in detail and _samples(row) is not None:
+        return statistics(_samples(row) / 1e3)["unstable"]
+    return bool(detail.get("unstable"))
+
+
+def _speedup_lines(rows, baseline: str) -> list[str]:
+    """The report's speedup table: every comparison with its interval and verdict."""
+    comparisons = speedup_comparisons(rows, baseline)
+    if not comparisons:
+        return []
+    region = rows_region(rows)
+    lines = [f"## Speedups relative to {baseline}" + (f", {REGION_TITLES.get(region, region)}" if region else ""), "",
+             "Ratio of median latencies (>1 = faster than the baseline) with its 95 % bootstrap interval; the verdict "
+             "is read from the interval (it must exclude 1).", "",
+             "| model | batch | threads | backend | speedup | 95 % interval | verdict |", "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        interval = f"{c['ci'][0]:.3f}-{c['ci'][1]:.3f}" if c["ci"] else ""
+        lines.append(f"| {c['model']} | {c['batch']} | {c['threads'] if c['threads'] is not None else ''} | "
+                     f"{c['backend']} | {c['speedup']:.3f}x | {interval} | {c['verdict']} |")
+    return lines + [""]
 
 
 REPORT_FILES = ("report.md", "latency.png", "speedup.png", "scaling.png", "roofline.png")
@@ -204,19 +389,33 @@ def _write_report_files(db: Path, experiment: str, out_dir: Path, baseline: str 
         cpu_envs = [e for e in environments if not e.get("gpus")] or environments
         environment = cpu_envs[0] if cpu_envs else {}
         table = store.export(experiment, "md")
-    good = [r for r in rows if value_of(r, "latency") is not None]
-    if not good:
+    views = {region: region_rows(rows, region) for region in REPORT_REGIONS}
+    views = {region: view for region, view in views.items() if view}
+    if not views:
         raise BadInputError(f"experiment {experiment!r} has no timed job to report")
+    good = [r for view in views.values() for r in view]
     backends = sorted({series(r) for r in good})
     baseline = baseline or ("onnxruntime" if "onnxruntime" in backends else backends[0])
     if baseline not in backends:
         raise BadInputError(f"baseline {baseline!r} has no results in {experiment}; valid: {', '.join(backends)}")
-    plot_latency(good, out_dir / "latency.png")
-    plot_speedup(good, baseline, out_dir / "speedup.png")
-    plot_scaling(good, out_dir / "scaling.png")
-    plot_roofline(good, environment, out_dir / "roofline.png")
+    region_sections, speedup_sections = [], []
+    for index, (region, view) in enumerate(views.items()):
+        # Each region has its own plots (the first one's without a suffix) and speedup table: never one comparison.
+        suffix = "" if index == 0 else f"_{region}"
+        names = {plot: f"{plot}{suffix}.png" for plot in ("latency", "speedup", "scaling", "roofline")}
+        plot_latency(view, out_dir / names["latency"])
+        has_baseline = baseline in {series(r) for r in view}
+        if has_baseline:
+            plot_speedup(view, baseline, out_dir / names["speedup"])
+            speedup_sections += _speedup_lines(view, baseline)
+        plot_scaling(view, out_dir / names["scaling"])
+        plot_roofline(view, environment, out_dir / names["roofline"])
+        shown = [n for plot, n in names.items() if has_baseline or plot != "speedup"]
+        region_sections += [f"### {REGION_TITLES[region]}", "",
+                            *(line for n in shown for line in (f"![{n[:-4]}]({n})", "")),
+                            *([] if has_baseline else [f"({baseline} has no {region} figures: no speedups here.)", ""])]
     failures = [r for r in rows if r["status"] != "ok"]
-    unstable = [r for r in good if metric_of(r, "latency")["detail"].get("unstable")]
+    unstable = [r for r in good if _unstable(r)]
     machines = []
     for env in environments:
         gpus = ", ".join(f"{g.get('name')} (driver {g.get('driver')})" for g in env.get("gpus", [])) or "none"
@@ -228,10 +427,15 @@ def _write_report_files(db: Path, experiment: str, out_dir: Path, baseline: str 
         f"# dlcbench report: {experiment}", "", "Machines (the roofline uses the first CPU machine's peak):", "",
         *machines, "",
         f"Speedups are relative to **{baseline}**. {len(failures)} failed job(s), {len(unstable)} unstable timing(s) "
-        "(coefficient of variation above 2.5 %).", "",
+        f"((p90 - p10) / median above {SPREAD_FLAG * 100:g} %). In the table, `spread_pct` is (p90 - p10) / median "
+        "and `cv_pct` std / mean, both in percent (the cv grows with a few outliers among thousands of samples; "
+        "stability is read from the spread).", "",
+        f"Timed regions: {'; '.join(f'{REGION_TITLES[r]}, {len(v)} job(s)' for r, v in views.items())}. Figures of "
+        "different regions are never compared: each has its own speedups and plots. In the table, `latency_*` "
+        "columns are the resident region (or a region not recorded), `latency_end_to_end_*` the end-to-end one.", "",
         "## Results", "", table, "",
-        "## Plots", "", "![latency](latency.png)", "", "![speedup](speedup.png)", "",
-        "![scaling](scaling.png)", "", "![roofline](roofline.png)", "",
+        *speedup_sections,
+        "## Plots", "", *region_sections,
     ]
     if failures:
         lines += ["## Failures", ""] + [f"- {Path(r['model']).stem}/{series(r)}/b{r['batch']}: "

@@ -300,14 +300,11 @@ class ResultsStore:
         """Brings an identified database to this schema, all in one transaction (nothing when it is current)."""
         if version == SCHEMA_VERSION and app_id == APPLICATION_ID and not missing:
             return
-        if version == 1 and backup:
-            copy = self.path.with_name(self.path.name + ".v1-backup")
-            if not copy.exists():
-                shutil.copyfile(self.path, copy)
-
         def work(db: sqlite3.Connection) -> None:
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row and row[0] == "1":  # read again under the lock: another process may have migrated it
+                if backup:
+                    self._keep_v1_copy()
                 self._migrate_v1(db)
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             for statement in _statements(_SCHEMA):  # tables added since the file was written
@@ -323,6 +320,21 @@ class ResultsStore:
                 raise
         else:
             self._transact(work)
+
+    def _keep_v1_copy(self) -> None:
+        """Copies the schema-1 file to ``NAME.v1-backup`` (never overwritten), whole or not at all.
+
+        Called holding the write lock before anything is changed, so the file on disk is a consistent snapshot.
+        """
+        copy = self.path.with_name(self.path.name + ".v1-backup")
+        if copy.exists():
+            return
+        partial = copy.with_name(f".{copy.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(self.path, partial)
+            os.replace(partial, copy)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def _migrate_v1(self, db: sqlite3.Connection) -> None:
         """Schema 1 (one wide row per job) -> 2 (metrics in their own long table), inside the caller's transaction.
@@ -441,6 +453,26 @@ class ResultsStore:
 
         self._transact(write)
 
+    def add_results(self, experiment: str, config: dict[str, Any], environment: dict[str, Any],
+                    rows: dict[str, dict[str, Any]]) -> int:
+        """Stores a whole set of rows (``job_key -> row``) measured on one machine, all or nothing: the
+        experiment (created if new), the environment record and every row in one transaction.
+
+        Returns:
+            The environment record's id.
+        """
+        created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+        def write(db: sqlite3.Connection) -> int:
+            db.execute("INSERT OR IGNORE INTO experiments VALUES (?, ?, ?)",
+                       (experiment, created, jsonio.dumps(config, default=str)))
+            env_id = self._add_environment(db, environment)
+            for job_key, row in rows.items():
+                self._write_result(db, experiment, job_key, row, env_id, created)
+            return env_id
+
+        return self._transact(write)
+
     def _write_result(self, db: sqlite3.Connection, experiment: str, job_key: str, row: dict[str, Any],
                       environment_id: int | None, created: str) -> None:
         fields = {c: row.get(c) for c in COLUMNS if c not in ("experiment", "created")}
@@ -483,7 +515,7 @@ class ResultsStore:
         return path
 
     def _import_pending(self) -> int:
-        """Imports journaled results (oldest file name first); returns how many; says so in one line."""
+        """Imports journaled results (in file-name order); returns how many; says so in one line."""
         if not self.pending_dir.is_dir():
             return 0
         imported = kept = 0
@@ -647,7 +679,8 @@ class ResultsStore:
             writer.writerows(rows)
             return buf.getvalue()
         if fmt == "md":
-            cols = [c for c in columns if c not in ("experiment", "threads", "message", "created")]
+            sweep = len({row["threads"] for row in rows}) > 1  # threads shown only where they differ
+            cols = [c for c in columns if c not in ("experiment", "message", "created") and (sweep or c != "threads")]
             lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             for row in rows:
                 cells = [f"{row[c]:.4g}" if isinstance(row[c], float) else ("" if row[c] is None else str(row[c])) for c in cols]
@@ -656,13 +689,22 @@ class ResultsStore:
         raise BadInputError(f"unknown export format {fmt!r}; valid: csv, json, md")
 
 
-#: Statistics of a latency metric that get their own column in flat exports.
-_LATENCY_COLUMNS = ("p90_ms", "cv", "unstable")
+#: Statistics of a latency metric that get their own column in flat exports: column suffix -> (detail key, scale).
+#: ``cv_pct`` is std / mean and ``spread_pct`` (p90 - p10) / median, both in percent; ``unstable`` is read from
+#: the spread (rows stored before the spread existed keep their cv-based flag).
+_LATENCY_COLUMNS = {"p90_ms": ("p90_ms", 1), "spread_pct": ("spread", 100), "cv_pct": ("cv", 100),
+                    "unstable": ("unstable", None)}
+
+
+def _latency_column(metric: dict[str, Any] | None, suffix: str) -> Any:
+    key, scale = _LATENCY_COLUMNS[suffix]
+    value = metric["detail"].get(key) if metric else None
+    return value * scale if scale and isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def flat_table(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """Rows of :meth:`ResultsStore.results` as flat dicts: identity columns, then ``NAME_UNIT`` per metric found
-    (and a latency's p90, cv and stability flag), in tracker registration order."""
+    (and a latency's p90, spread and cv in percent, stability flag), in tracker registration order."""
     from dlcbench.measure.trackers import trackers
 
     order = list(trackers())
@@ -683,7 +725,7 @@ def flat_table(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
             m = r["metrics"].get(name)
             flat[f"{name}_{found[name]}"] = m["value"] if m else None
             if name.startswith("latency"):
-                flat.update({f"{name}_{k}": (m["detail"].get(k) if m else None) for k in _LATENCY_COLUMNS})
+                flat.update({f"{name}_{k}": _latency_column(m, k) for k in _LATENCY_COLUMNS})
         rows.append(flat)
     return columns, rows
 

@@ -67,9 +67,9 @@ from dlcbench.config import cache_dir, positive_int, split_list
 from dlcbench.errors import BackendUnavailableError, BadInputError, DlcbenchError, one_line
 from dlcbench.outputs import OutputKind, Owned, StagedOutput, check_replaceable
 
-BUNDLE_FORMAT = "dlcbench-gpu-bundle/1"
-#: What run.py writes: result records with a CPU job's keys (``check``, ``timing``, ``native_timing``...).
-RESULTS_FORMAT = "dlcbench-gpu-results/2"
+#: The bundle index format, and what run.py writes: result records with a CPU job's keys (``check``, ``timing``,
+#: ``native_timing``...). Defined by the runner, the module that ships.
+from dlcbench.stage.bundle_runner import BUNDLE_FORMAT, FORMAT as RESULTS_FORMAT, read_index  # noqa: E402
 #: The first runner's format (records with ``host`` and ``native`` timings), still read.
 RESULTS_FORMAT_V1 = "dlcbench-gpu-results/1"
 DEFAULT_MODELS = ("mlp", "cnn", "bert", "gpt", "mobilenetv2", "resnet50")
@@ -79,9 +79,11 @@ MB = 1_000_000
 RUNNER_TEMPLATE = Path(__file__).with_name("bundle_runner.py")
 #: dlcbench's modules that run.py imports, shipped unmodified under ``py/``: the package ``__init__`` files and
 #: their module-level imports (standard library and numpy otherwise; tests/stage checks that).
-RUNNER_MODULES = ("dlcbench/__init__.py", "dlcbench/compat.py", "dlcbench/errors.py", "dlcbench/jsonio.py",
+RUNNER_MODULES = ("dlcbench/__init__.py", "dlcbench/compat.py", "dlcbench/errors.py", "dlcbench/files.py",
+                  "dlcbench/jsonio.py",
                   "dlcbench/measure/__init__.py", "dlcbench/measure/check.py", "dlcbench/measure/timing.py",
-                  "dlcbench/orchestrate/__init__.py", "dlcbench/orchestrate/launcher.py")
+                  "dlcbench/orchestrate/__init__.py", "dlcbench/orchestrate/launcher.py",
+                  "dlcbench/results/__init__.py", "dlcbench/results/env.py")
 TARGETS = ("cuda", "cpu")
 #: Files at least this big are stored xz-compressed when that saves at least 3 %.
 COMPRESS_MIN_BYTES = 16 * 1024
@@ -703,19 +705,12 @@ BUNDLE = OutputKind("bundle", "a dlcbench GPU bundle", recognise=_bundle_files, 
 
 
 def read_bundle_index(directory: Path) -> dict[str, Any]:
-    """The ``bundle.json`` of a bundle directory.
+    """The ``bundle.json`` of a bundle directory (the runner's own reader).
 
     Raises:
         BadInputError: not a bundle, or a format this dlcbench does not know.
     """
-    path = Path(directory) / "bundle.json"
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BadInputError(f"{directory} is not a dlcbench GPU bundle: {one_line(err, 200)}") from None
-    if index.get("format") != BUNDLE_FORMAT:
-        raise BadInputError(f"{directory}: unknown bundle format {index.get('format')!r}")
-    return index
+    return read_index(Path(directory))
 
 
 # --------------------------------------------------------------------------- results
@@ -750,6 +745,8 @@ def load_results(path: Path) -> dict[str, Any]:
             raise BadInputError(f"{path}: result {i} lacks {', '.join(missing)}")
         if data["format"] == RESULTS_FORMAT_V1:
             r["timing"], r["native_timing"] = r.pop("host", None) or {}, r.pop("native", None)
+        if isinstance(r.get("timing"), dict) and r["timing"]:
+            r["timing"].setdefault("region", "resident")  # the runner has always timed the resident region
     return data
 
 
@@ -804,12 +801,11 @@ def import_results(path: Path, db: Path, experiment: str | None = None) -> dict[
     data = load_results(path)
     name = experiment or default_experiment(data)
     environment = {**data["environment"], "bundle": data["bundle"], "results_file": Path(path).name}
-    with ResultsStore(db) as store:
-        store.ensure_experiment(name, {"source": "gpu bundle", "bundle": data["bundle"],
-                                       "timing": data.get("timing_config"), "results_file": str(path)})
-        env_id = store.add_environment(environment)
-        for record in data["results"]:
-            store.add_result(name, result_job_key(record), result_row(record, data["bundle"]), env_id)
+    rows = {result_job_key(record): result_row(record, data["bundle"]) for record in data["results"]}
+    with ResultsStore(db) as store:  # all rows or none
+        env_id = store.add_results(name, {"source": "gpu bundle", "bundle": data["bundle"],
+                                          "timing": data.get("timing_config"), "results_file": str(path)},
+                                   environment, rows)
     ok = sum(r["status"] == "ok" for r in data["results"])
     return {"experiment": name, "rows": len(data["results"]), "ok": ok, "failed": len(data["results"]) - ok,
             "environment_id": env_id}
@@ -883,7 +879,7 @@ def results_from_store(db: Path, experiment: str) -> dict[str, Any]:
     """Rebuilds a results dict (as :func:`render_table` takes) from an imported experiment."""
     from dlcbench.results.store import ResultsStore
 
-    with ResultsStore(db) as store:
+    with ResultsStore(db, readonly=True) as store:
         rows = [r for r in store.results(experiment) if (r.get("config") or {}).get("source") == "gpu bundle"]
         if not rows:
             raise BadInputError(f"experiment {experiment!r} has no GPU bundle rows")

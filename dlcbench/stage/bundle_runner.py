@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import json
 import lzma
 import os
@@ -66,11 +65,13 @@ try:
 
     import dlcbench
     from dlcbench import jsonio
+    from dlcbench.files import sha256_file
     from dlcbench.errors import (BackendRuntimeError, BackendUnavailableError, BadInputError, DlcbenchError, ExitCode,
                                  one_line, run_cli)
     from dlcbench.measure.check import check_outputs, parse_tolerance_overrides
     from dlcbench.measure.timing import TimingConfig, measure, statistics
     from dlcbench.orchestrate import launcher
+    from dlcbench.results import env as host_env
 except ImportError as missing:
     needs_numpy = (missing.name or "").startswith("numpy")
     print(f"error: run.py cannot import {missing.name or missing}: it needs numpy and the bundle's own "
@@ -90,22 +91,19 @@ POOLED_ALLOCATOR = 2
 # --------------------------------------------------------------------------- unpacking
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_index(bundle_dir: Path) -> dict:
+    """The ``bundle.json`` of a bundle directory.
+
+    Raises:
+        BadInputError: not a bundle, or a format this dlcbench does not know.
+    """
     path = bundle_dir / "bundle.json"
     try:
         index = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise BadInputError(f"{bundle_dir} is not a dlcbench bundle: {one_line(err, 200)}") from None
+        raise BadInputError(f"{bundle_dir} is not a dlcbench GPU bundle: {one_line(err, 200)}") from None
     if index.get("format") != BUNDLE_FORMAT:
-        raise BadInputError(f"unknown bundle format {index.get('format')!r}")
+        raise BadInputError(f"{bundle_dir}: unknown bundle format {index.get('format')!r}")
     return index
 
 
@@ -117,7 +115,14 @@ def unpack(bundle_dir: Path, index: dict, workdir: Path) -> None:
     marker = workdir / ".unpacked"
     if marker.is_file() and marker.read_text() == index["bundle_id"]:
         return
+    if not marker.is_file() and any(workdir.iterdir()):
+        raise BadInputError(f"work directory {workdir} is not empty and was not unpacked by a bundle: "
+                            "give an empty or new --workdir")
     for entry in index["files"]:
+        for key in ("path", "stored"):
+            rel = Path(entry[key])
+            if rel.is_absolute() or ".." in rel.parts:
+                raise BadInputError(f"bundle index entry {entry[key]!r} points outside the bundle; refusing it")
         src, dst = bundle_dir / entry["stored"], workdir / entry["path"]
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -128,7 +133,7 @@ def unpack(bundle_dir: Path, index: dict, workdir: Path) -> None:
                 shutil.copyfile(src, dst)
         except (OSError, lzma.LZMAError) as err:
             raise BadInputError(f"cannot unpack {entry['stored']}: {one_line(err, 200)}") from None
-        if _sha256(dst) != entry["sha256"]:
+        if sha256_file(dst) != entry["sha256"]:
             raise BadInputError(f"{entry['stored']} is corrupt (SHA-256 mismatch)")
         if entry.get("executable"):
             dst.chmod(0o755)
@@ -275,9 +280,11 @@ def run_item(rt: Runtime, item: dict, args, device_id: int) -> dict:
     values = [out] if isinstance(out, rt.ffi.Tensor) else list(out)
     output_names = [o["name"] for o in item["output_specs"]]
     got = {name: rt.to_numpy(v) for name, v in zip(output_names, values)}
-    report = check_outputs(got, reference, item["precision"], args.overrides, classifier=item.get("task") == "classifier")
-    result.update(check=report.to_dict(), passed=report.passed,
-                  failure_message="" if report.passed else one_line(report.failure_message(), 2000))
+    report = check_outputs(got, reference, item["precision"], args.overrides, classifier=item.get("task") == "classifier",
+                           inputs=inputs)
+    result.update(check=report.to_dict(), passed=report.passed, trivial_check=report.trivial_check,
+                  failure_message="" if report.passed else one_line(report.failure_message(), 2000),
+                  timing_end_to_end=None)  # the runner times the resident region only
 
     def once():
         main(*call_args)
@@ -288,7 +295,10 @@ def run_item(rt: Runtime, item: dict, args, device_id: int) -> dict:
         samples, number = rt.native_time(vm, "main", dev, call_args, args.native_repeat, args.native_min_repeat_ms)
     except Exception as err:
         raise BackendRuntimeError(f"timing failed: {one_line(err, 500)}") from None
-    result["timing"] = {"timer": "host perf_counter (device synchronised)", **timing.to_dict()}
+    # The resident region (dlcbench.compilers.base.REGIONS): inputs and weights staged on the device once,
+    # outputs left there; end to end is not timed here.
+    result["timing"] = {"timer": "host perf_counter (device synchronised)", **timing.to_dict(), "region": "resident"}
+    result["timing_end_to_end"] = None
     native = {"timer": f"tvm.time_evaluator({rt.target})", "number": number, "repeat": args.native_repeat,
               "min_repeat_ms": args.native_min_repeat_ms, "samples_s": samples, "stats": statistics(samples, item["batch"])}
     native["host_over_native"] = timing.stats["median_ms"] / max(native["stats"]["median_ms"], 1e-12)
@@ -316,8 +326,8 @@ def run_one(rt_holder: dict, workdir: Path, index: dict, item: dict, args) -> di
             rt_holder["rt"] = Runtime(workdir, index, args.allow_torch)
         record.update(run_item(rt_holder["rt"], item, args, args.device_id))
         passed = record["passed"]
-        record.update(status="ok" if passed else "failed", category=None if passed else "accuracy_fail",
-                      message=record["failure_message"])
+        category = None if passed else ((record.get("check") or {}).get("category") or "accuracy_fail")
+        record.update(status="ok" if passed else "failed", category=category, message=record["failure_message"])
     except DlcbenchError as err:
         record.update(status="failed", category=err.category, message=one_line(err, 1000))
     except Exception as err:  # last resort: still a record
@@ -353,44 +363,11 @@ def run_isolated(workdir: Path, item: dict, args) -> dict:
 # --------------------------------------------------------------------------- environment
 
 
-def _nvidia_smi() -> list[dict]:
-    if not shutil.which("nvidia-smi"):
-        return []
-    fields = ("name", "driver_version", "memory.total", "compute_cap", "clocks.max.sm", "clocks.max.mem", "pstate")
-    try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    keys = ("name", "driver", "memory", "compute_cap", "max_sm_clock", "max_mem_clock", "pstate")
-    return [dict(zip(keys, (p.strip() for p in line.split(",")))) for line in out.splitlines() if line.strip()]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_gb():
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
 def environment(rt: Runtime | None, index: dict, device_id: int) -> dict:
     """The environment record: the same keys as dlcbench's dlcbench/results/env.py where they apply, plus CUDA details."""
     record = {
-        "hostname": socket.gethostname(), "cpu": {"model": _cpu_model(), "flags": []}, "cores": os.cpu_count(),
-        "memory_gb": _memory_gb(), "gpus": _nvidia_smi(), "os": f"{platform.system()} {platform.release()}",
+        "hostname": socket.gethostname(), "cpu": host_env.cpu_info(), "cores": os.cpu_count(),
+        "memory_gb": host_env.memory_gb(), "gpus": host_env.gpus(), "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "packages": {"numpy": np.__version__, "apache-tvm-ffi": getattr(rt.ffi, "__version__", None) if rt else None,
                      "apache-tvm (runtime)": index.get("tvm_version")},
@@ -471,6 +448,23 @@ def select_items(index: dict, args) -> list[dict]:
     return items
 
 
+def check_results_file(path: Path, bundle_id: str) -> None:
+    """Refuses an existing ``--out`` unless it is results of this bundle (a rerun replaces its own results).
+
+    Raises:
+        BadInputError: ``path`` is a directory, or a file this bundle did not write.
+    """
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and str(data.get("format", "")).startswith("dlcbench-gpu-results")
+            and (data.get("bundle") or {}).get("bundle_id") == bundle_id):
+        raise BadInputError(f"{path} exists and is not this bundle's results; give another --out")
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -520,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=t.min_seconds, help=f"minimum timed seconds (default: {t.min_seconds:g})")
     p.add_argument("--max-seconds", type=float, default=t.max_seconds, help=f"timing cap in seconds (default: {t.max_seconds:g})")
     p.add_argument("--max-iters", type=int, default=t.max_iters, help=f"timed runs cap (default: {t.max_iters})")
+    p.add_argument("--ci-target", type=float, default=t.ci_target,
+                   help=f"time until the median's 95%% interval is within +-this fraction (default: {t.ci_target:g}; "
+                        "0: stop at the minimums)")
     p.add_argument("--native-repeat", type=int, default=30, help="time_evaluator repeats (default: 30)")
     p.add_argument("--native-min-repeat-ms", type=int, default=10, help="time_evaluator min_repeat_ms (default: 10)")
     p.add_argument("--_item", default=None, help=argparse.SUPPRESS)
@@ -527,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_TIMING = ("warmup_iters", "warmup_seconds", "min_iters", "min_seconds", "max_seconds", "max_iters")
+_TIMING = ("warmup_iters", "warmup_seconds", "min_iters", "min_seconds", "max_seconds", "max_iters", "ci_target")
 _PASSTHROUGH = ("device_id", *_TIMING, "native_repeat", "native_min_repeat_ms")
 
 
@@ -560,6 +557,7 @@ def main(argv=None) -> int:
             raise BadInputError(f"no item {args._item!r}")
         _write_json(args._item_out, run_one({}, args.workdir, index, item, args))
         return ExitCode.OK
+    check_results_file(args.out, index["bundle_id"])
     owned = args.workdir is None and not args.keep_workdir  # removed afterwards, by the janitor if we are killed
     if args.workdir is not None:
         workdir = args.workdir.resolve()

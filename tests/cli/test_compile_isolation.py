@@ -13,7 +13,8 @@ import pytest
 
 from dlcbench.errors import ExitCode
 from dlcbench_faulty_adapters import REGISTRATION
-from dlcbench_test_support import ROOT, assert_one_line_error, live_processes_with, run_script, wait_for
+from dlcbench_test_support import (ROOT, assert_one_line_error, live_processes_with, run_script, signal_when,
+                                   wait_for)
 
 FAST = ["--preset", "tiny", "--batch", "2", "--threads", "1", "--warmup", "1", "--min-iters", "3", "--min-seconds", "0"]
 FAULTY = {"DLCBENCH_BACKENDS": REGISTRATION}
@@ -63,14 +64,8 @@ def test_signalled_compile_ends_its_child(tmp_path, sig, code):
         cwd=tmp_path, env={**os.environ, **FAULTY, "DLCBENCH_TEST_RUN": marker, "TMPDIR": str(tmp)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        assert wait_for(lambda: any("dlcbench.orchestrate.worker" in c for c in live_processes_with(marker).values()), 60)
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    stderr = signal_when(
+        proc, lambda: any("dlcbench.orchestrate.worker" in c for c in live_processes_with(marker).values()), sig)
     assert proc.returncode == code, stderr[-2000:]
     assert [ln for ln in stderr.splitlines() if ln.startswith("error:")] == [
         "error: interrupted" if sig == signal.SIGINT else "error: terminated"]

@@ -36,3 +36,39 @@ def test_importing_compilers_imports_no_backend_library():
     )
     proc = run_script("-c", code)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_every_in_tree_session_has_a_resident_region():
+    """In-tree backends time the resident region: every Session class of their modules declares and implements it."""
+    import importlib
+    import inspect
+
+    from dlcbench.compilers.base import Session
+    from dlcbench.compilers.registry import get_adapter_class
+
+    found = {}
+    in_tree = ("tvm", "onnxruntime", "tensorflow", "xla", "trt", "tftrt", "openvino", "torch", "inductor")
+    for module_name in {get_adapter_class(name).__module__ for name in in_tree}:
+        module = importlib.import_module(module_name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, Session) and cls is not Session and cls.__module__ == module_name:
+                found[name] = cls
+    assert {"OnnxRuntimeSession", "TensorFlowSession", "OpenVinoSession", "TorchSession", "TvmSession",
+            "TensorRTSession", "TfTrtSession"} <= set(found)
+    for name, cls in found.items():
+        assert cls.resident_region, f"{name} has no resident region"
+        assert cls.prepare is not Session.prepare and cls.run_prepared is not Session.run_prepared, name
+
+
+def test_the_suite_catches_a_resident_region_that_runs_end_to_end():
+    """``falseresident`` declares a resident region whose run_prepared() is run() (every adapter's fallback before
+    regions existed); the suite fails it, and skips ``e2eonly``, which declares it has none."""
+    from dlcbench_region_adapters import REGISTRATION
+
+    proc = run_script("-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs", "dlcbench.compilers.testing",
+                      "-k", "test_resident_region_leaves_the_outputs_in_the_backend", "-rs", timeout=600,
+                      env={"DLCBENCH_BACKENDS": REGISTRATION, "DLCBENCH_CONFORMANCE_BACKENDS": "falseresident,e2eonly"})
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "1 failed, 1 skipped" in proc.stdout, proc.stdout[-3000:]
+    assert "run_prepared() calls OnnxRuntimeSession.run, the end-to-end region" in proc.stdout
+    assert "EndToEndOnlySession has no resident region (resident_region = False)" in proc.stdout

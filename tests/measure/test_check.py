@@ -67,13 +67,14 @@ def test_top1_disagreement_fails_int8():
     assert any("top-1" in r for r in report.outputs[0].reasons)
 
 
-def test_nan_not_in_reference_fails_but_matching_nan_is_fine(reference):
+def test_nan_not_in_reference_fails_and_matching_nan_is_no_pass_either(reference):
     got = {k: v.copy() for k, v in reference.items()}
     got["probs"][0, 0] = np.nan
     report = check_outputs(got, reference)
     assert not report.passed and report.outputs[0].metrics["nan"] == 1
     ref_nan = {"y": np.array([np.nan, 1.0], np.float32)}
-    assert check_outputs({"y": np.array([np.nan, 1.0], np.float32)}, ref_nan).passed
+    matched = check_outputs({"y": np.array([np.nan, 1.0], np.float32)}, ref_nan)  # see test_check_nonfinite.py
+    assert not matched.passed and matched.category == "invalid_reference"
     inf = check_outputs({"y": np.array([np.inf, 1.0], np.float32)}, {"y": np.array([0.0, 1.0], np.float32)})
     assert not inf.passed and inf.outputs[0].metrics["inf"] == 1
 

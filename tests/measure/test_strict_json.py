@@ -78,7 +78,8 @@ def test_result_json_and_json_output_are_strict(nan_model, tmp_path):
     out = tmp_path / "a"
     proc = run_script("scripts/compile.py", "--backend", "onnxruntime", "--model", str(nan_model), *FAST,
                       "--json", "--out", str(out), timeout=300)
-    assert proc.returncode == ExitCode.OK, proc.stderr[-3000:]  # NaN where the reference has NaN: a match
+    # NaN where the reference has NaN matches, but a reference that is not finite is no pass: invalid_reference
+    assert proc.returncode == ExitCode.CHECK_FAILED, proc.stderr[-3000:]
     assert "RuntimeWarning" not in proc.stderr
     for text in (proc.stdout, (out / "result.json").read_text(), (out / "manifest.json").read_text()):
         strict_loads(text)
@@ -96,9 +97,9 @@ def test_report_export_json_is_strict(nan_model, tmp_path):
     proc = run_script("scripts/compare.py", "--name", "nonfinite", "--models", str(nan_model), "--backends",
                       "onnxruntime", "--batch", "2", "--min-seconds", "0", "--min-iters", "2", "--db", str(db),
                       "--out", str(tmp_path / "jobs"), timeout=300)
-    assert proc.returncode == ExitCode.OK, proc.stderr[-3000:]
+    assert proc.returncode == ExitCode.JOBS_FAILED, proc.stderr[-3000:]  # the reference is not finite
     export = run_script("scripts/report.py", "nonfinite", "--db", str(db), "--export", "json")
     assert export.returncode == ExitCode.OK, export.stderr[-3000:]
     rows = strict_loads(export.stdout)
-    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert len(rows) == 1 and rows[0]["status"] == "failed" and rows[0]["category"] == "invalid_reference"
     assert set(flags(rows).values()) == {"NaN", "-Infinity"}

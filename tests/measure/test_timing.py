@@ -19,7 +19,8 @@ def test_statistics_on_known_samples():
     assert stats["p99_ms"] == pytest.approx(99.01)
     assert stats["std_ms"] == pytest.approx(np.std(range(1, 101), ddof=1))
     assert stats["throughput_per_s"] == pytest.approx(8 / 0.0505)
-    assert stats["unstable"]  # cv ~ 57%
+    assert stats["p10_ms"] == pytest.approx(10.9) and stats["mad_ms"] == pytest.approx(25.0)
+    assert stats["spread"] == pytest.approx((90.1 - 10.9) / 50.5) and stats["unstable"]
     assert not statistics([0.01] * 5)["unstable"]
 
 

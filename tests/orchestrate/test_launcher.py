@@ -15,7 +15,7 @@ import pytest
 from dlcbench.errors import ExitCode
 from dlcbench.orchestrate.launcher import end_group, start_worker, wait_worker
 from dlcbench_faulty_adapters import REGISTRATION
-from dlcbench_test_support import ROOT, live_processes_with, wait_for
+from dlcbench_test_support import ROOT, live_processes_with, signal_when, wait_for
 
 # A worker as the launcher runs one: become_worker() first, then the given code.
 WORKER = "from dlcbench.orchestrate.launcher import become_worker; become_worker()\n"
@@ -98,17 +98,8 @@ def test_signalled_compare_leaves_no_process_and_no_temp_dir(tmp_path, sig, code
          "hang", "--preset", "tiny", "--db", str(tmp_path / "r.sqlite"), "--timeout", "600"],
         cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        worker = wait_for(lambda: [pid for pid, cmd in live_processes_with(marker).items()
-                                   if "dlcbench.orchestrate.worker" in cmd], 60)
-        assert worker, "the worker never started"
-        assert _job_dirs(tmp)
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    stderr = signal_when(proc, lambda: _job_dirs(tmp) and any("dlcbench.orchestrate.worker" in cmd
+                                                              for cmd in live_processes_with(marker).values()), sig)
     assert proc.returncode == code, stderr[-2000:]
     if line:
         assert [ln for ln in stderr.splitlines() if ln.startswith("error:")] == [line], stderr[-2000:]

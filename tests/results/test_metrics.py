@@ -96,3 +96,30 @@ def test_a_schema1_database_is_migrated_with_a_copy_kept_and_no_row_lost(tmp_pat
     with ResultsStore(db) as store:  # a second open migrates nothing and keeps the first copy
         assert len([r for e in store.experiments() for r in store.results(e)]) == len(old_rows)
     assert _digest(backup) == before
+
+
+def test_a_tracker_registered_by_the_caller_measures_experiment_jobs_and_a_broken_one_loses_nothing(tmp_path):
+    from dlcbench.orchestrate.experiment import ExperimentConfig, run_experiment
+
+    def broken(result):
+        raise ZeroDivisionError("tracker bug")
+
+    trackers_added = [
+        register_tracker(Tracker("output_count", "count", "outputs of the model",
+                                 lambda r: [Metric("output_count", float(len(r["manifest"]["outputs"])), "count")])),
+        register_tracker(Tracker("broken", "s", "a tracker with a bug", broken)),
+    ]
+    try:
+        config = ExperimentConfig(name="t", models=["mlp"], backends=["onnxruntime"], preset="tiny",
+                                  db=tmp_path / "r.sqlite", out_root=tmp_path / "out",
+                                  timing=TimingConfig(warmup_iters=1, warmup_seconds=0, min_iters=3, min_seconds=0))
+        counts = run_experiment(config, progress=lambda _: None)
+    finally:
+        for tracker in trackers_added:
+            unregister_tracker(tracker.name)
+    assert counts["ok"] == 1
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        (row,) = store.results("t")
+    assert row["status"] == "ok" and row["metrics"]["output_count"]["value"] == 1.0
+    assert row["metrics"]["broken"]["value"] is None and "tracker bug" in row["metrics"]["broken"]["detail"]["error"]
+    assert row["metrics"]["latency"]["value"] > 0

@@ -228,7 +228,9 @@ def test_runner_records_are_dlcbench_job_results(cpu_bundle, numpy_only, tmp_pat
     assert job_keys <= set(record), job_keys - set(record)
     assert {f.name for f in fields(TimingResult)} <= set(record["timing"])
     for timing in (record["timing"], record["native_timing"]):  # the same statistics, to the last bit
-        assert timing["stats"] == statistics(timing["samples_s"], record["batch"])
+        stats = {k: v for k, v in timing["stats"].items() if k not in ("ci_target", "ci_target_met")}  # measure()'s
+        assert stats == statistics(timing["samples_s"], record["batch"])
+    assert record["timing"]["stats"]["ci_target"] == 0.01 and isinstance(record["timing"]["stats"]["ci_target_met"], bool)
     index = read_bundle_index(cpu_bundle)
     [item] = index["items"]
     with np.load(_unpacked(cpu_bundle, index, item["reference"], tmp_path)) as data:
@@ -256,6 +258,22 @@ def test_cpu_bundle_isolated_run_and_unknown_model(cpu_bundle, numpy_only, tmp_p
     assert_one_line_error(proc, 2, "not in this bundle: gpt")
     proc = fresh_python(cpu_bundle / "run.py", "--tolerance", "abs=x", "--out", str(out), numpy_dir=numpy_only, cwd=tmp_path)
     assert_one_line_error(proc, 2, "bad tolerance value 'x'")
+
+
+def test_run_py_never_overwrites_what_it_did_not_write(cpu_bundle, numpy_only, tmp_path):
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "thesis.txt").write_text("user data")
+    before = {p: p.read_bytes() for p in (notes, workdir / "thesis.txt")}
+    proc = fresh_python(cpu_bundle / "run.py", "--out", str(notes), numpy_dir=numpy_only, cwd=tmp_path)
+    assert_one_line_error(proc, 2, "is not this bundle's results")
+    proc = fresh_python(cpu_bundle / "run.py", "--out", str(tmp_path / "r.json"), "--workdir", str(workdir),
+                        numpy_dir=numpy_only, cwd=tmp_path)
+    assert_one_line_error(proc, 2, "is not empty and was not unpacked by a bundle")
+    assert {p: p.read_bytes() for p in before} == before and sorted(os.listdir(workdir)) == ["thesis.txt"]
+    assert not (tmp_path / "r.json").exists()
 
 
 def _worker_of(marker: str) -> int | None:

@@ -69,6 +69,30 @@ class WrongAdapter(OnnxRuntimeAdapter):
         return session
 
 
+class NanAdapter(OnnxRuntimeAdapter):
+    """Compiles fine but returns NaN as the first element of every output (registered by NAN_REGISTRATION)."""
+
+    name = "nan"
+
+    def _load(self, artifact_dir, manifest):
+        import numpy as np
+
+        session = super()._load(artifact_dir, manifest)
+        run = session.run
+
+        def first_nan(inputs):
+            outputs = {k: np.array(v) for k, v in run(inputs).items()}
+            for value in outputs.values():
+                value.flat[0] = np.nan
+            return outputs
+
+        session.run = first_nan
+        return session
+
+
+#: Registers :class:`NanAdapter` (kept out of REGISTRATION, whose backend list other tests count on).
+NAN_REGISTRATION = "nan=dlcbench_faulty_adapters:NanAdapter"
+
 REGISTRATION = ",".join(
     f"{cls.name}=dlcbench_faulty_adapters:{cls.__name__}"
     for cls in (AbortAdapter, CrashAdapter, HangAdapter, PrintAdapter, RaiseAdapter, WrongAdapter)

@@ -76,3 +76,19 @@ def wait_for(condition, timeout: float, interval: float = 0.1):
         if value or time.monotonic() > deadline:
             return value or None
         time.sleep(interval)
+
+
+def signal_when(proc: subprocess.Popen, ready, sig: int, timeout: float = 60) -> str:
+    """Waits until ``ready()`` is truthy, sends ``sig`` to ``proc`` and returns its stderr once it ended.
+
+    ``proc`` is killed on the way out if it is still running (a failed wait, a hang after the signal).
+    """
+    try:
+        assert wait_for(ready, timeout), "the process never got ready for the signal"
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return stderr

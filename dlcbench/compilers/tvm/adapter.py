@@ -162,9 +162,14 @@ def _has_function(vm, name: str) -> bool:
 
 
 class TvmSession(Session):
-    """A Relax VirtualMachine over the artifact's library, weights uploaded once."""
+    """A Relax VirtualMachine over the artifact's library, weights uploaded once.
+
+    The resident region calls ``main`` on inputs copied to the device once and synchronises the device; the
+    outputs stay device tensors.
+    """
 
     native_timer_name = "tvm.time_evaluator"
+    resident_region = True
 
     def __init__(self, manifest: Manifest, lib, device, params: list[np.ndarray]):
         import tvm

@@ -1,0 +1,129 @@
+"""Bootstrap intervals, robust stability, median comparisons and the adaptive timing length, on known samples."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from dlcbench.errors import BadInputError
+from dlcbench.measure.timing import (FASTER, NO_DIFFERENCE, SLOWER, TimingConfig, bootstrap_medians, compare_medians,
+                                     measure, median_interval, statistics)
+
+
+def test_fast_bootstrap_matches_resampling_by_hand():
+    rng = np.random.default_rng(1)
+    for n in (7, 40):  # odd and even counts: one middle value, or the mean of two
+        x = rng.lognormal(0, 0.5, n)
+        naive = np.sort(np.median(x[rng.integers(0, n, (20000, n))], axis=1))
+        fast = np.sort(bootstrap_medians(x, 20000))
+        grid = np.union1d(naive, fast)
+        distance = np.abs(np.searchsorted(naive, grid, "right") - np.searchsorted(fast, grid, "right")).max() / 20000
+        assert distance < 0.02, n  # Kolmogorov-Smirnov: the two draws come from one distribution
+
+
+def test_interval_covers_the_true_median_and_shrinks_like_one_over_sqrt_n():
+    rng = np.random.default_rng(2)
+    widths = {}
+    for n in (10_000, 40_000):
+        lo, hi = median_interval(rng.normal(5.0, 1.0, n))
+        assert lo < 5.0 < hi
+        widths[n] = hi - lo
+    # The median's standard error is 1.2533 sigma / sqrt(n): the 95 % interval is 2 * 1.96 of it.
+    assert widths[10_000] == pytest.approx(2 * 1.96 * 1.2533 / 100, rel=0.15)
+    assert widths[40_000] / widths[10_000] == pytest.approx(0.5, rel=0.15)
+
+
+def test_interval_is_deterministic_and_cheap_for_100k_samples():
+    samples = np.random.default_rng(3).gamma(4, 0.25, 100_000)
+    start = time.perf_counter()
+    first = statistics(samples)
+    assert time.perf_counter() - start < 1.0  # O(n log n): no n x resamples matrix
+    assert statistics(samples)["median_ci_ms"] == first["median_ci_ms"]
+    lo, hi = first["median_ci_ms"]
+    assert lo < first["median_ms"] < hi
+
+
+def test_statistics_report_robust_spread_and_a_few_outliers_stay_stable():
+    rng = np.random.default_rng(4)
+    steady = rng.normal(1e-3, 1e-5, 10_000)
+    steady[::200] = 20e-3  # 0.5 % outliers, 20x slower (an interrupt, a page fault)
+    stats = statistics(steady)
+    assert stats["cv"] > 0.25  # the outliers dominate std / mean ...
+    assert stats["spread"] < 0.05 and not stats["unstable"]  # ... but not the percentiles
+    assert stats["p10_ms"] < stats["median_ms"] < stats["p90_ms"] < stats["p99_ms"]
+    assert stats["mad_ms"] == pytest.approx(0.6745e-2, rel=0.1)  # MAD of a normal: 0.6745 sigma (sigma 0.01 ms)
+
+    bimodal = np.where(rng.random(10_000) < 0.7, 1e-3, 1.5e-3) + rng.normal(0, 1e-6, 10_000)
+    stats = statistics(bimodal)
+    assert stats["unstable"] and stats["spread"] > 0.4
+
+
+def test_compare_medians_reads_the_verdict_from_the_interval():
+    rng = np.random.default_rng(5)
+    base = rng.normal(1.0, 0.05, 2000)
+    same = rng.normal(1.0, 0.05, 2000)
+    assert compare_medians(base, same)["verdict"] == NO_DIFFERENCE
+    fast = rng.normal(0.8, 0.05, 2000)
+    result = compare_medians(base, fast)
+    assert result["verdict"] == FASTER and result["ci"][0] > 1 and result["speedup"] == pytest.approx(1.25, rel=0.02)
+    assert result["ci"][0] < result["speedup"] < result["ci"][1]
+    assert compare_medians(fast, base)["verdict"] == SLOWER
+    # A point estimate 5 % apart on 5 noisy samples each is not a difference.
+    assert compare_medians(rng.normal(1.0, 0.2, 5), rng.normal(0.95, 0.2, 5))["verdict"] == NO_DIFFERENCE
+
+
+class NoisyClock:
+    """A fake clock whose runs take ``durations()`` seconds each (no sleeping)."""
+
+    def __init__(self, durations):
+        self.now, self.durations, self.runs = 0, durations, 0
+
+    def clock(self) -> int:
+        return self.now
+
+    def run(self) -> None:
+        self.runs += 1
+        self.now += int(self.durations() * 1e9)
+
+
+FAST = dict(warmup_iters=2, warmup_seconds=0, min_iters=20, min_seconds=0.01)
+
+
+def test_adaptive_length_stops_at_the_minimums_for_steady_runs():
+    rng = np.random.default_rng(6)
+    fake = NoisyClock(lambda: 1e-3 * (1 + 0.001 * rng.standard_normal()))
+    result = measure(fake.run, TimingConfig(**FAST, ci_target=0.01), clock=fake.clock)
+    assert result.stats["ci_target_met"] is True and result.stats["ci_target"] == 0.01
+    assert result.stats["count"] == 20  # the minimums (20 runs, 10 ms) already pin the median to +-1 %
+
+
+def test_adaptive_length_goes_on_until_the_target_for_noisy_runs():
+    rng = np.random.default_rng(7)
+    fake = NoisyClock(lambda: 1e-3 * rng.lognormal(0, 0.3))
+    result = measure(fake.run, TimingConfig(**FAST, ci_target=0.01), clock=fake.clock)
+    stats = result.stats
+    assert stats["ci_target_met"] is True and stats["count"] > 100
+    lo, hi = stats["median_ci_ms"]
+    assert max(hi - stats["median_ms"], stats["median_ms"] - lo) <= 0.01 * stats["median_ms"]
+    # The same runs without a target stop at the minimums, with no verdict on the target.
+    fake = NoisyClock(lambda: 1e-3 * rng.lognormal(0, 0.3))
+    plain = measure(fake.run, TimingConfig(**FAST, ci_target=0), clock=fake.clock)
+    assert plain.stats["count"] == 20 and plain.stats["ci_target_met"] is None
+
+
+def test_adaptive_length_respects_the_caps_and_records_a_missed_target():
+    rng = np.random.default_rng(8)
+    fake = NoisyClock(lambda: 1e-3 * rng.lognormal(0, 1.0))
+    result = measure(fake.run, TimingConfig(**FAST, max_iters=300, ci_target=0.001), clock=fake.clock)
+    assert result.stats["count"] == 300 and result.stats["ci_target_met"] is False
+    fake = NoisyClock(lambda: 1e-3 * rng.lognormal(0, 1.0))
+    result = measure(fake.run, TimingConfig(**FAST, max_seconds=0.5, ci_target=0.001), clock=fake.clock)
+    assert 0.5 <= sum(result.samples_s) < 0.6 and result.stats["ci_target_met"] is False
+
+
+@pytest.mark.parametrize("target", [-0.1, 1.0, float("nan")])
+def test_bad_interval_target_is_refused(target):
+    with pytest.raises(BadInputError, match="interval target"):
+        TimingConfig(ci_target=target)

@@ -1,0 +1,70 @@
+"""Speedup intervals and verdicts in reports, from stored latency samples (a real SQLite store, real report files)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlcbench.measure.timing import NO_DIFFERENCE, statistics
+from dlcbench.measure.trackers import latency_metric
+from dlcbench.results.report import speedup_comparisons, speedups, write_report
+from dlcbench.results.store import ResultsStore
+
+
+def _row(backend: str, samples_s, batch: int = 1, threads: int = 1, target: str = "cpu") -> dict:
+    metric = latency_metric("latency", list(samples_s), statistics(samples_s, batch), clock="host")
+    return {"model": "mlp", "backend": backend, "target": target, "precision": "fp32", "batch": batch,
+            "threads": threads, "status": "ok", "metrics": [metric.to_dict()]}
+
+
+@pytest.fixture
+def db(tmp_path):
+    """Four backends against onnxruntime (1 ms): one clearly faster, one clearly slower, one with the very same
+    samples in another order, and one 3 % faster on paper from too few samples to tell; and a thread sweep."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "r.sqlite"
+    base = rng.normal(1e-3, 2e-5, 3000)
+    rows = [_row("onnxruntime", base),
+            _row("tvm", rng.normal(0.8e-3, 2e-5, 3000)),
+            _row("tensorflow", rng.normal(1.3e-3, 2e-5, 3000)),
+            _row("xla", rng.permutation(base)),
+            _row("torch", rng.normal(0.97e-3, 1e-4, 5)),
+            _row("onnxruntime", rng.normal(0.6e-3, 1e-5, 3000), threads=2),
+            _row("tvm", rng.normal(0.4e-3, 1e-5, 3000), threads=2)]
+    with ResultsStore(path) as store:
+        store.ensure_experiment("e", {})
+        for i, row in enumerate(rows):
+            store.add_result("e", f"k{i}", row)
+    return path
+
+
+def test_verdicts_come_from_the_interval_not_the_point_estimate(db):
+    with ResultsStore(db, readonly=True) as store:
+        rows = store.results("e")
+    found = {(c["backend"], c["threads"]): c for c in speedup_comparisons(rows, "onnxruntime")}
+    assert set(found) == {("tvm", 1), ("tensorflow", 1), ("xla", 1), ("torch", 1), ("tvm", 2)}  # same threads only
+    assert found[("tvm", 1)]["verdict"] == "faster" and found[("tvm", 1)]["speedup"] == pytest.approx(1.25, rel=0.01)
+    assert found[("tvm", 2)]["verdict"] == "faster" and found[("tvm", 2)]["speedup"] == pytest.approx(1.5, rel=0.01)
+    assert found[("tensorflow", 1)]["verdict"] == "slower" and found[("tensorflow", 1)]["ci"][1] < 1
+    assert found[("xla", 1)]["verdict"] == NO_DIFFERENCE
+    lo, hi = found[("xla", 1)]["ci"]
+    assert lo < 1 < hi and hi - lo < 0.01
+    torch = found[("torch", 1)]
+    assert torch["verdict"] == NO_DIFFERENCE and torch["ci"][1] - torch["ci"][0] > 0.05
+    models, backends, grid = speedups(rows, "onnxruntime")  # the heatmap's point: batch 1, one thread
+    assert grid[0, backends.index("tvm")] == pytest.approx(1.25, rel=0.01)
+    assert grid[0, backends.index("onnxruntime")] == 1.0
+
+
+@pytest.mark.slow
+def test_report_lists_every_speedup_with_its_interval_and_verdict(db, tmp_path):
+    text = write_report(db, "e", tmp_path / "report").read_text()
+    table = text[text.index("## Speedups relative to onnxruntime"):text.index("## Plots")]
+    cells = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| mlp |")]
+    verdicts = {(threads, backend): (speedup, verdict) for _, _, threads, backend, speedup, _, verdict in cells}
+    assert verdicts[("1", "tvm")] == ("1.249x", "faster") and verdicts[("2", "tvm")] == ("1.500x", "faster")
+    assert verdicts[("1", "tensorflow")][1] == "slower" and verdicts[("1", "xla")] == ("1.000x", NO_DIFFERENCE)
+    assert verdicts[("1", "torch")][1] == NO_DIFFERENCE and len(verdicts) == 5
+    assert "1 unstable timing(s)" in text  # torch's 5 noisy samples; spread and cv columns in percent
+    assert "| threads |" in text and "latency_spread_pct | latency_cv_pct" in text
+    assert (tmp_path / "report" / "scaling.png").stat().st_size > 1000
