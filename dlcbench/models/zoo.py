@@ -69,7 +69,6 @@ class ModelSpec:
         inputs: Function from resolved params to the model's input specs.
         presets: Parameter sets by preset name; ``tiny`` exports in seconds.
         task: ``classifier`` when outputs are class scores (enables top-k checks).
-        int_params: Parameters that must be positive integers.
     """
 
     name: str
@@ -78,14 +77,13 @@ class ModelSpec:
     inputs: Callable[[Mapping[str, Any]], list[InputSpec]]
     presets: Mapping[str, Mapping[str, Any]]
     task: str = "generic"
-    int_params: tuple[str, ...] = ()
     checks: tuple[Callable[[Mapping[str, Any]], str | None], ...] = field(default=())
 
     def resolve_params(self, preset: str = "default", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Returns validated parameters: the preset updated with ``overrides``.
 
-        A parameter's type is that of its preset value: an int takes only integers (``1.7`` is refused,
-        not truncated), a float any finite number, a bool only ``true``/``false``.
+        A parameter's type is that of its preset value: an int takes only positive integers (``1.7`` is
+        refused, not truncated), a float any finite number, a bool only ``true``/``false``.
 
         Raises:
             BadInputError: unknown preset or parameter, or a value of the wrong type or range.
@@ -101,8 +99,9 @@ class ModelSpec:
             if key not in params:
                 raise BadInputError(f"unknown parameter {key!r} for model {self.name}; valid: {valid}")
             params[key] = coerce_value(type(params[key]), value, f"parameter {key!r} of model {self.name}", valid)
-        for key in self.int_params:
-            if int(params[key]) <= 0:
+        integers = [k for k, v in self.presets[preset].items() if isinstance(v, int) and not isinstance(v, bool)]
+        for key in integers:  # sizes and counts, all of them
+            if params[key] <= 0:
                 raise BadInputError(f"parameter {key} of {self.name} must be a positive integer, got {params[key]}")
         for check in self.checks:
             problem = check(params)
@@ -131,8 +130,6 @@ def _token_inputs(params: Mapping[str, Any]) -> list[InputSpec]:
     return [InputSpec("input_ids", (params["seq_len"],), "int32", high=params["vocab"])]
 
 
-_TRANSFORMER_INTS = ("layers", "hidden", "heads", "seq_len", "vocab", "ffn")
-
 _ZOO: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
@@ -146,7 +143,6 @@ _ZOO: dict[str, ModelSpec] = {
                 "default": {"features": 784, "hidden": 512, "classes": 10},
             },
             task="classifier",
-            int_params=("features", "hidden", "classes"),
         ),
         ModelSpec(
             name="cnn",
@@ -158,7 +154,6 @@ _ZOO: dict[str, ModelSpec] = {
                 "default": {"size": 32, "width": 32, "classes": 10},
             },
             task="classifier",
-            int_params=("size", "width", "classes"),
         ),
         ModelSpec(
             name="resnet50",
@@ -167,7 +162,6 @@ _ZOO: dict[str, ModelSpec] = {
             inputs=lambda p: [InputSpec("input", (p["size"], p["size"], 3))],
             presets={"tiny": {"size": 32, "classes": 10}, "default": {"size": 224, "classes": 1000}},
             task="classifier",
-            int_params=("size", "classes"),
         ),
         ModelSpec(
             name="mobilenetv2",
@@ -179,7 +173,6 @@ _ZOO: dict[str, ModelSpec] = {
                 "default": {"size": 224, "classes": 1000, "alpha": 1.0},
             },
             task="classifier",
-            int_params=("size", "classes"),
         ),
         ModelSpec(
             name="bert",
@@ -190,7 +183,6 @@ _ZOO: dict[str, ModelSpec] = {
                 "tiny": {"layers": 2, "hidden": 32, "heads": 2, "ffn": 64, "seq_len": 16, "vocab": 100},
                 "default": {"layers": 4, "hidden": 256, "heads": 4, "ffn": 1024, "seq_len": 128, "vocab": 8000},
             },
-            int_params=_TRANSFORMER_INTS,
             checks=(_divisible_heads,),
         ),
         ModelSpec(
@@ -203,7 +195,6 @@ _ZOO: dict[str, ModelSpec] = {
                 "default": {"layers": 4, "hidden": 256, "heads": 4, "ffn": 1024, "seq_len": 128, "vocab": 8000},
             },
             task="classifier",
-            int_params=_TRANSFORMER_INTS,
             checks=(_divisible_heads,),
         ),
     ]
