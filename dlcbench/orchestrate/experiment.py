@@ -225,10 +225,10 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
                 label = f"{Path(job.model).stem}/{job.backend}/b{job.batch}"
                 if len(config.threads) > 1:
                     label += f"/t{job.threads}"
-                why_not = store.claim(config.name, key, skip_statuses)
-                if why_not:
-                    counts["held" if why_not.startswith("held") else "skipped"] += 1
-                    say(f"    {label}: skipped, {why_not}")
+                refusal = store.claim(config.name, key, skip_statuses)
+                if refusal:
+                    counts["held" if refusal.kind == "held" else "skipped"] += 1
+                    say(f"    {label}: skipped, {refusal.reason}")
                     continue
                 bar = "#" * (20 * (index - 1) // len(todo))
                 say(f"[{bar:<20}] {index}/{len(todo)} {label} ...")

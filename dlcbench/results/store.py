@@ -23,6 +23,7 @@ import socket
 import sqlite3
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, TypeVar
 
@@ -119,6 +120,14 @@ _JSON_COLUMNS = ("check_metrics", "manifest", "config")
 
 class StoreLockedError(BadInputError):
     """Another process held the results database locked for longer than the store waits."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why :meth:`ResultsStore.claim` did not give a job to this process."""
+
+    kind: str  # held: another live run has it; recorded: a row was written meanwhile
+    reason: str
 
 
 class ResultsStore:
@@ -558,27 +567,28 @@ class ResultsStore:
 
     # ----------------------------------------------------------------- claims
 
-    def claim(self, experiment: str, job_key: str, skip_statuses: Collection[str] = ()) -> str | None:
+    def claim(self, experiment: str, job_key: str, skip_statuses: Collection[str] = ()) -> Refusal | None:
         """Claims a job for this process, in one transaction.
 
         Returns:
-            None when the job is this process's to run; otherwise why not: another live run holds it, or
-            (``skip_statuses``) a row with one of those statuses was recorded meanwhile. A claim left by a
-            process that is gone (same host) is taken over, with a notice.
+            None when the job is this process's to run; otherwise a :class:`Refusal`: another live run holds it
+            (``held``), or (``skip_statuses``) a row with one of those statuses was recorded meanwhile
+            (``recorded``). A claim left by a process that is gone (same host) is taken over, with a notice.
         """
         pid, host, start = self._me
 
-        def work(db: sqlite3.Connection) -> str | None:
+        def work(db: sqlite3.Connection) -> Refusal | None:
             if skip_statuses:
                 row = db.execute("SELECT status FROM results WHERE experiment=? AND job_key=?",
                                  (experiment, job_key)).fetchone()
                 if row and row[0] in skip_statuses:
-                    return f"recorded meanwhile ({row[0]}) by another run"
+                    return Refusal("recorded", f"recorded meanwhile ({row[0]}) by another run")
             held = db.execute("SELECT pid, host, process_start, started FROM claims WHERE experiment=? AND job_key=?",
                               (experiment, job_key)).fetchone()
             if held and (held["pid"], held["host"]) != (pid, host):
                 if _alive(held["pid"], held["host"], held["process_start"]):
-                    return f"held by another run (pid {held['pid']} on {held['host']}, since {held['started']})"
+                    return Refusal("held", f"held by another run (pid {held['pid']} on {held['host']}, "
+                                           f"since {held['started']})")
                 self._say(f"note: taking over job {job_key} from pid {held['pid']} on {held['host']}, which is gone")
             db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
                        (experiment, job_key, pid, host, start, time.strftime("%Y-%m-%dT%H:%M:%S%z")))
