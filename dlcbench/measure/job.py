@@ -143,7 +143,7 @@ def run_job(config: JobConfig, progress=None) -> JobResult:
     (see :meth:`dlcbench.compilers.base.Adapter.compile`); an existing
     ``out_dir`` that is not an earlier artifact is refused before the export.
     """
-    from dlcbench.compilers.base import ARTIFACT, artifact_size
+    from dlcbench.compilers.base import ARTIFACT
     from dlcbench.compilers.registry import get_adapter
     from dlcbench.outputs import check_replaceable, staged_output
 
@@ -193,18 +193,11 @@ def run_job(config: JobConfig, progress=None) -> JobResult:
             native = {"timer": session.native_timer_name, "samples_s": samples, "stats": statistics(samples, config.batch)}
             native["host_over_native"] = timing["stats"]["median_ms"] / max(native["stats"]["median_ms"], 1e-12)
     result = JobResult(
-        config={**asdict(config), "out_dir": str(config.out_dir)},
-        manifest=asdict(manifest),
-        model={"name": model.name, "reference_source": model.meta["reference_source"], "summary": model.meta["summary"],
-               "export_dir": str(model.directory), "cache_hit": model.cache_hit},
+        **_built(config, manifest, model, export_seconds, config.out_dir),
         check=report.to_dict(),
         timing=timing,
         timing_end_to_end=timings[1] if len(timings) > 1 else None,
         native_timing=native,
-        compile_seconds=manifest.compile_seconds,
-        export_seconds=round(export_seconds, 4),
-        artifact_bytes=artifact_size(config.out_dir),
-        peak_rss_mb=round(peak_rss_mb(), 1),
         passed=report.passed,
         failure_message=one_line(report.failure_message(), 2000) if not report.passed else "",
         trivial_check=report.trivial_check,
@@ -241,18 +234,23 @@ def time_regions(session, inputs: dict[str, Any], region: str, timing: TimingCon
     return timings
 
 
-def _compile_only_result(config: JobConfig, manifest, model, export_seconds: float, directory: Path) -> JobResult:
-    """The result of a ``compile_only`` job; writes it, the inputs and the reference into the staged ``directory``."""
+def _built(config: JobConfig, manifest, model, export_seconds: float, artifact_dir: Path) -> dict[str, Any]:
+    """The :class:`JobResult` fields of what was built: configuration, manifest, model, sizes and times."""
     from dlcbench.compilers.base import artifact_size
 
-    result = JobResult(
-        config={**asdict(config), "out_dir": str(config.out_dir)}, manifest=asdict(manifest),
-        model={"name": model.name, "reference_source": model.meta["reference_source"], "summary": model.meta["summary"],
-               "export_dir": str(model.directory), "cache_hit": model.cache_hit},
-        check={}, timing={}, native_timing=None, compile_seconds=manifest.compile_seconds,
-        export_seconds=round(export_seconds, 4), artifact_bytes=artifact_size(directory),
-        peak_rss_mb=round(peak_rss_mb(), 1), passed=True,
-    )
+    return {
+        "config": {**asdict(config), "out_dir": str(config.out_dir)}, "manifest": asdict(manifest),
+        "model": {"name": model.name, "reference_source": model.meta["reference_source"],
+                  "summary": model.meta["summary"], "export_dir": str(model.directory), "cache_hit": model.cache_hit},
+        "compile_seconds": manifest.compile_seconds, "export_seconds": round(export_seconds, 4),
+        "artifact_bytes": artifact_size(artifact_dir), "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def _compile_only_result(config: JobConfig, manifest, model, export_seconds: float, directory: Path) -> JobResult:
+    """The result of a ``compile_only`` job; writes it, the inputs and the reference into the staged ``directory``."""
+    result = JobResult(**_built(config, manifest, model, export_seconds, directory), check={}, timing={},
+                       native_timing=None, passed=True)
     # The sample inputs and reference travel with the artifact, so it can be checked where it runs.
     shutil.copyfile(model.directory / "inputs.npz", directory / "inputs.npz")
     shutil.copyfile(model.directory / "reference.npz", directory / "reference.npz")
