@@ -17,7 +17,7 @@ from dlcbench.orchestrate.launcher import run_isolated
 from dlcbench.models.export import names_a_file
 from dlcbench.measure.job import JobConfig, check_region
 from dlcbench.measure.trackers import REGION_METRICS
-from dlcbench.results.store import DEFAULT_DB, ResultsStore
+from dlcbench.results.store import DEFAULT_DB, ResultsStore, pending_dir_of
 from dlcbench.measure.timing import TimingConfig
 
 
@@ -257,7 +257,7 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
 def summary_line(config: ExperimentConfig, counts: dict[str, int]) -> str:
     """One line saying what a run did (what ``compare`` prints)."""
     extra = [f"{counts['held']} held by another run" if counts.get("held") else "",
-             f"{counts['journaled']} waiting in {Path(str(config.db) + '.pending')}" if counts.get("journaled") else "",
+             f"{counts['journaled']} waiting in {pending_dir_of(config.db)}" if counts.get("journaled") else "",
              f"{counts['repeated']} repeated matrix entries ignored" if counts.get("repeated") else ""]
     extra_text = "".join(f", {e}" for e in extra if e)
     return (f"{config.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already recorded"

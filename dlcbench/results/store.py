@@ -122,6 +122,12 @@ class StoreLockedError(BadInputError):
     """Another process held the results database locked for longer than the store waits."""
 
 
+def pending_dir_of(db: Path | str) -> Path:
+    """The journal directory of database ``db``: ``NAME.pending`` beside it."""
+    db = Path(db)
+    return db.with_name(db.name + ".pending")
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why :meth:`ResultsStore.claim` did not give a job to this process."""
@@ -167,7 +173,7 @@ class ResultsStore:
     @property
     def pending_dir(self) -> Path:
         """Where results go while the database stays locked (``NAME.pending``); the next writer imports them."""
-        return self.path.with_name(self.path.name + ".pending")
+        return pending_dir_of(self.path)
 
     # ----------------------------------------------------------------- opening
 
