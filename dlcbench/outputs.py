@@ -11,7 +11,7 @@ The rule, for every command that writes a directory (artifacts, tuning runs, rep
   carries host and process id) is removed by the next dlcbench run that writes the same output
   (:func:`remove_stale_siblings` does it on demand, e.g. after a launcher killed a worker).
 
-Imports only the standard library and :mod:`dlcbench.errors`.
+Imports only the standard library, :mod:`dlcbench.errors` and :mod:`dlcbench.processes`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from dlcbench.errors import BadInputError
+from dlcbench.processes import process_alive
 
 #: Written into every published output directory: its kind and every entry dlcbench wrote.
 MARKER = ".dlcbench-output.json"
@@ -102,28 +103,12 @@ def make_temp_dir(parent: Path, prefix: str) -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) is gone too
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def is_stale(name: str, prefix: str) -> bool:
     """Whether ``name`` is a :func:`temp_name` of ``prefix`` made on this host by a process that is gone."""
     if not name.startswith(prefix):
         return False
     tag = _TAG.search(name[len(prefix) - 1:])  # the tag ends the name; what precedes it may hold dashes
-    return bool(tag) and tag["host"] == _HOST and not _alive(int(tag["pid"]))
+    return bool(tag) and tag["host"] == _HOST and not process_alive(int(tag["pid"]))
 
 
 def remove_stale(parent: Path, *prefixes: str) -> list[Path]:

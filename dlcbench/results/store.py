@@ -29,6 +29,7 @@ from typing import Any, Callable, Collection, Iterable, TypeVar
 
 from dlcbench import jsonio
 from dlcbench.errors import BadInputError, one_line
+from dlcbench.processes import process_alive, process_start
 
 SCHEMA_VERSION = 2
 DEFAULT_DB = Path("results") / "dlcbench.sqlite"
@@ -159,7 +160,7 @@ class ResultsStore:
         self.readonly = readonly
         self.timeout = default_wait() if timeout is None else float(timeout)
         self._say = say or (lambda line: print(line, file=sys.stderr))
-        self._me = (os.getpid(), socket.gethostname(), _process_start(os.getpid()))
+        self._me = (os.getpid(), socket.gethostname(), process_start(os.getpid()))
         self._db: sqlite3.Connection | None = None
         try:
             self._open()
@@ -816,26 +817,6 @@ def _file_safe(name: str) -> str:
     return safe if safe == name else f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-def _process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, from /proc); None where unreadable or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return fields[19] if len(fields) > 19 and fields[0] not in ("Z", "X") else None
-
-
 def _alive(pid: int, host: str, start: str | None) -> bool:
     """Whether the process that made a claim still runs (a claim from another host is assumed live)."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if not Path("/proc/self/stat").exists():  # no /proc: the pid exists, that is all one can tell
-        return True
-    now = _process_start(pid)
-    return now is not None and (start is None or now == start)  # None: a zombie; different: a reused pid
+    return host != socket.gethostname() or process_alive(pid, start)

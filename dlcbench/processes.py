@@ -1,0 +1,34 @@
+"""Whether a process still runs, told apart from a zombie and from a later process that reused its pid.
+
+Imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc); None where gone, unreadable or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields[19] if len(fields) > 19 and fields[0] not in ("Z", "X") else None
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process ``pid`` runs (not a zombie) and, given its :func:`process_start`, is still that process."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if not Path("/proc/self/stat").exists():  # no /proc: the pid exists, that is all one can tell
+        return True
+    now = process_start(pid)
+    return now is not None and (start is None or now == start)
