@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="artifact directory, one subdirectory per job (default: ./out/experiments)")
     parser.add_argument("--force", action="store_true", help="rerun every job, recorded or not")
     parser.add_argument("--retry-failed", action="store_true", help="rerun the jobs recorded as failed")
+    parser.add_argument("--interleave", type=int, default=1, metavar="K",
+                        help="time the backends of each (model, threads, batch) point in K alternating rounds, each "
+                             "backend in its own worker kept alive, so drift hits them alike (default: 1, each job "
+                             "timed alone); the timing minimums are shared out between the rounds")
     add_timing_arguments(parser)
     parser.add_argument("--db-wait", type=float, default=None, metavar="SECONDS",
                         help="how long a database write waits for another process's lock before the result is "
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads, preset=args.preset, target=args.target, db=args.db, timeout_s=args.timeout,
         force=args.force, timing=timing_config(args),
         out_root=args.out, retry_failed=args.retry_failed, db_wait=args.db_wait, region=args.region,
+        interleave=args.interleave,
     )
     counts = run_experiment(config)
     print(summary_line(config, counts))

@@ -11,9 +11,10 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from dlcbench.compilers.base import REGIONS
 from dlcbench.models.export import names_a_file
 from dlcbench.errors import BadInputError, one_line
 from dlcbench.measure.check import check_outputs, check_override_outputs, join_batches, parse_tolerance_overrides
-from dlcbench.measure.timing import TimingConfig, measure, statistics
+from dlcbench.measure.timing import TimingConfig, ci_target_met, measure, statistics
 
 #: What ``--region`` accepts: one timed region, or ``both`` in one job.
 REGION_CHOICES = (*REGIONS, "both")
@@ -143,6 +144,92 @@ def run_job(config: JobConfig, progress=None) -> JobResult:
     (see :meth:`dlcbench.compilers.base.Adapter.compile`); an existing
     ``out_dir`` that is not an earlier artifact is refused before the export.
     """
+    with open_job(config, progress) as job:
+        return job.compiled if config.compile_only else job.finish([job.time_round()])
+
+
+class OpenJob:
+    """A job built, loaded and checked, its session open: timed in one round or several (:meth:`time_round`),
+    then :meth:`finish` pools the rounds into the :class:`JobResult`. Made by :func:`open_job`.
+
+    Interleaved comparisons keep one open job per backend and alternate their rounds, so that drift (another
+    process, frequency, heat) lands on every backend alike instead of on whichever ran last.
+    """
+
+    def __init__(self, config: JobConfig, adapter, manifest, model, export_seconds: float, say):
+        self.config, self.adapter, self.manifest, self.model = config, adapter, manifest, model
+        self.export_seconds, self.say = export_seconds, say
+        self.compiled: JobResult | None = None  # the result of a compile-only job
+        self.session = None
+        self.report = None
+        self.inputs: dict[str, Any] = {}
+        self.rounds: list[list[dict[str, Any]]] = []
+
+    def check(self) -> None:
+        """Loads the artifact and checks its outputs on every check batch against the reference."""
+        config = self.config
+        batches = self.model.check_batches()
+        self.inputs = batches[0][0]
+        self.say("checking outputs")
+        self.session = self.adapter.load(config.out_dir)
+        self.session.__enter__()
+        # The sample batch and the export's extra check batches, joined into rows: enough distinct inputs
+        # to flag outputs that do not depend on them (copies: a session may reuse its output buffers).
+        outputs = join_batches([{k: np.array(v) for k, v in self.session.run(x).items()} for x, _ in batches])
+        self.report = check_outputs(
+            outputs, join_batches([ref for _, ref in batches]), config.precision,
+            parse_tolerance_overrides(config.tolerances), classifier=self.model.meta.get("task") == "classifier",
+            inputs=join_batches([x for x, _ in batches]),
+        )
+
+    def time_round(self, timing: TimingConfig | None = None) -> list[dict[str, Any]]:
+        """Times one round of the job's region(s) (:func:`time_regions`); kept for :meth:`finish` and returned."""
+        self.say("timing" if not self.rounds else f"timing round {len(self.rounds) + 1}")
+        timings = time_regions(self.session, self.inputs, self.config.region, timing or self.config.timing,
+                               self.config.batch)
+        self.rounds.append(timings)
+        return timings
+
+    def finish(self, rounds: list[list[dict[str, Any]]] | None = None) -> JobResult:
+        """The job's result from its timed rounds (default: every round timed so far), pooled by
+        :func:`pool_rounds`; times the backend's native timer; writes ``result.json``."""
+        config = self.config
+        timings = pool_rounds(rounds if rounds is not None else self.rounds, config.timing, config.batch)
+        timing = timings[0]
+        native = None
+        samples = self.session.native_time(self.inputs, repeat=max(config.timing.min_iters, 10))
+        if samples:
+            native = {"timer": self.session.native_timer_name, "samples_s": samples,
+                      "stats": statistics(samples, config.batch)}
+            native["host_over_native"] = timing["stats"]["median_ms"] / max(native["stats"]["median_ms"], 1e-12)
+        report = self.report
+        result = JobResult(
+            **_built(config, self.manifest, self.model, self.export_seconds, config.out_dir),
+            check=report.to_dict(),
+            timing=timing,
+            timing_end_to_end=timings[1] if len(timings) > 1 else None,
+            native_timing=native,
+            passed=report.passed,
+            failure_message=one_line(report.failure_message(), 2000) if not report.passed else "",
+            trivial_check=report.trivial_check,
+        )
+        (config.out_dir / "result.json").write_text(jsonio.dumps(result.to_dict(), indent=2, default=str))
+        return result
+
+    def close(self) -> None:
+        """Closes the session (idempotent)."""
+        session, self.session = self.session, None
+        if session is not None:
+            session.__exit__(None, None, None)
+
+
+@contextmanager
+def open_job(config: JobConfig, progress=None) -> Iterator[OpenJob]:
+    """Exports and compiles ``config``'s job, then loads and checks it, keeping the session open inside the block.
+
+    A compile-only job stops after writing the artifact: its result is the :class:`OpenJob`'s ``compiled``.
+    Raises what :func:`run_job` raises; the session is closed on the way out.
+    """
     from dlcbench.compilers.base import ARTIFACT
     from dlcbench.compilers.registry import get_adapter
     from dlcbench.outputs import check_replaceable, staged_output
@@ -166,44 +253,53 @@ def run_job(config: JobConfig, progress=None) -> JobResult:
         raise BadInputError(f"backend {adapter.name} needs a Keras or TensorFlow model, not an .onnx file")
     check_override_outputs(parse_tolerance_overrides(config.tolerances), [o["name"] for o in model.meta["outputs"]])
     say(f"compiling with {adapter.name} ({config.target}, {config.precision})")
+    job = OpenJob(config, adapter, None, model, export_seconds, say)
     with staged_output(config.out_dir, ARTIFACT) as staging:
-        manifest = adapter.compile_into(model, options, staging)
+        job.manifest = adapter.compile_into(model, options, staging)
         if config.compile_only:
-            result = _compile_only_result(config, manifest, model, export_seconds, staging)
-    if config.compile_only:
-        return result
-    batches = model.check_batches()
-    inputs = batches[0][0]
-    say("checking outputs")
-    with adapter.load(config.out_dir) as session:
-        # The sample batch and the export's extra check batches, joined into rows: enough distinct inputs
-        # to flag outputs that do not depend on them (copies: a session may reuse its output buffers).
-        outputs = join_batches([{k: np.array(v) for k, v in session.run(x).items()} for x, _ in batches])
-        report = check_outputs(
-            outputs, join_batches([ref for _, ref in batches]), config.precision,
-            parse_tolerance_overrides(config.tolerances), classifier=model.meta.get("task") == "classifier",
-            inputs=join_batches([x for x, _ in batches]),
-        )
-        say("timing")
-        timings = time_regions(session, inputs, config.region, config.timing, config.batch)
-        timing = timings[0]
-        native = None
-        samples = session.native_time(inputs, repeat=max(config.timing.min_iters, 10))
-        if samples:
-            native = {"timer": session.native_timer_name, "samples_s": samples, "stats": statistics(samples, config.batch)}
-            native["host_over_native"] = timing["stats"]["median_ms"] / max(native["stats"]["median_ms"], 1e-12)
-    result = JobResult(
-        **_built(config, manifest, model, export_seconds, config.out_dir),
-        check=report.to_dict(),
-        timing=timing,
-        timing_end_to_end=timings[1] if len(timings) > 1 else None,
-        native_timing=native,
-        passed=report.passed,
-        failure_message=one_line(report.failure_message(), 2000) if not report.passed else "",
-        trivial_check=report.trivial_check,
-    )
-    (config.out_dir / "result.json").write_text(jsonio.dumps(result.to_dict(), indent=2, default=str))
-    return result
+            job.compiled = _compile_only_result(config, job.manifest, model, export_seconds, staging)
+    try:
+        if not config.compile_only:
+            job.check()
+        yield job
+    finally:
+        job.close()
+
+
+def round_timing(timing: TimingConfig, rounds: int) -> TimingConfig:
+    """The timing of one of ``rounds`` interleaved rounds: the minimums and caps shared out between the rounds
+    (warm-up and the interval target kept: each round warms up again and sharpens its own median)."""
+    positive_int("rounds", rounds)
+    return replace(timing, min_iters=max(1, -(-timing.min_iters // rounds)), min_seconds=timing.min_seconds / rounds,
+                   max_seconds=timing.max_seconds / rounds, max_iters=max(1, timing.max_iters // rounds))
+
+
+def pool_rounds(rounds: list[list[dict[str, Any]]], timing: TimingConfig, batch: int) -> list[dict[str, Any]]:
+    """One timing per region from the rounds of :meth:`OpenJob.time_round` (each a list of region timings).
+
+    One round is returned as it is. Several are pooled: every sample counts in the statistics (and in whether
+    the interval target was met); ``rounds`` lists each round's median, count and interval, and
+    ``stats["round_spread"]`` is (largest - smallest round median) / pooled median, the drift between rounds.
+    """
+    if not rounds:
+        raise BadInputError("no timed round to report")
+    if len(rounds) == 1:
+        return rounds[0]
+    pooled = []
+    for index, first in enumerate(rounds[0]):
+        parts = [r[index] for r in rounds]
+        samples = [s for part in parts for s in part["samples_s"]]
+        stats = statistics(samples, batch)
+        stats["ci_target"] = timing.ci_target or None
+        stats["ci_target_met"] = ci_target_met(stats, timing.ci_target) if timing.ci_target else None
+        medians = [p["stats"]["median_ms"] for p in parts]
+        stats["round_spread"] = (max(medians) - min(medians)) / stats["median_ms"] if stats["median_ms"] > 0 else 0.0
+        entry = {key: value for key, value in first.items() if key not in ("samples_s", "warmup_runs", "stats")}
+        pooled.append({**entry, "samples_s": samples, "warmup_runs": sum(p["warmup_runs"] for p in parts),
+                       "stats": stats,
+                       "rounds": [{"round": i + 1, "median_ms": p["stats"]["median_ms"], "count": p["stats"]["count"],
+                                   "median_ci_ms": p["stats"].get("median_ci_ms")} for i, p in enumerate(parts)]})
+    return pooled
 
 
 def time_regions(session, inputs: dict[str, Any], region: str, timing: TimingConfig, batch: int) -> list[dict[str, Any]]:

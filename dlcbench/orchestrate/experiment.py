@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from dlcbench.config import positive_int, split_list
 from dlcbench.errors import BackendUnavailableError, BadInputError
-from dlcbench.orchestrate.launcher import run_isolated
+from dlcbench.orchestrate.launcher import run_interleaved, run_isolated
 from dlcbench.models.export import names_a_file
 from dlcbench.measure.job import JobConfig, check_region
 from dlcbench.measure.trackers import REGION_METRICS
@@ -55,6 +55,10 @@ class ExperimentConfig:
         db_wait: Seconds a database write waits for another process's lock (None: the store's default).
         region: The timed region of every job: ``resident``, ``end_to_end`` or ``both``
             (:data:`dlcbench.measure.job.REGION_CHOICES`).
+        interleave: Rounds per comparison point (model, thread count, batch). 1: each job is timed alone, one
+            after the other. K >= 2: the backends of a point are built, then timed in K alternating rounds, each
+            in its own worker kept alive (:func:`dlcbench.orchestrate.launcher.run_interleaved`), so drift hits
+            them alike; per-round medians are stored.
 
     Validation happens here, for the whole matrix at once: repeated models, backends and batches are
     dropped (listed in ``repeated``); model paths are made absolute against the working directory. ``threads``
@@ -82,6 +86,7 @@ class ExperimentConfig:
     retry_failed: bool = False
     db_wait: float | None = None
     region: str = "resident"
+    interleave: int = 1
 
     def __post_init__(self):
         from dlcbench.compilers.base import PRECISIONS, TARGETS
@@ -107,6 +112,8 @@ class ExperimentConfig:
         if not self.timeout_s > 0:
             raise BadInputError(f"the job timeout must be positive, got {self.timeout_s}")
         check_region(self.region)
+        if isinstance(self.interleave, bool) or not isinstance(self.interleave, int) or self.interleave < 1:
+            raise BadInputError(f"--interleave takes a number of rounds >= 1 (1: no interleaving), got {self.interleave}")
         if self.db_wait is not None and not self.db_wait >= 0:
             raise BadInputError(f"the database wait must be >= 0 seconds, got {self.db_wait}")
         if self.precision not in PRECISIONS:
@@ -220,38 +227,70 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
         record = environment or collect_environment(max(config.threads))  # the roofline's peak: all threads
         env_id = store.add_environment(record)
         try:
-            for index, job in enumerate(todo, 1):
-                key = job_key(job)
-                label = f"{Path(job.model).stem}/{job.backend}/b{job.batch}"
-                if len(config.threads) > 1:
-                    label += f"/t{job.threads}"
-                refusal = store.claim(config.name, key, skip_statuses)
-                if refusal:
-                    counts["held" if refusal.kind == "held" else "skipped"] += 1
-                    say(f"    {label}: skipped, {refusal.reason}")
+            groups: dict[tuple, list[JobConfig]] = {}
+            for position, job in enumerate(todo):  # interleaved: the backends of a point (else one job) together
+                point = (job.model, job.threads, job.batch) if config.interleave > 1 else (position,)
+                groups.setdefault(point, []).append(job)
+            index = 0
+            for group in groups.values():
+                claimed = []
+                for job in group:
+                    index += 1
+                    refusal = store.claim(config.name, job_key(job), skip_statuses)
+                    if refusal:
+                        counts["held" if refusal.kind == "held" else "skipped"] += 1
+                        say(f"    {_label(job, config)}: skipped, {refusal.reason}")
+                    else:
+                        claimed.append((index, job))
+                if not claimed:
                     continue
-                bar = "#" * (20 * (index - 1) // len(todo))
-                say(f"[{bar:<20}] {index}/{len(todo)} {label} ...")
-                start = time.perf_counter()
-                row = run_isolated(job, config.timeout_s)
-                row.update(model=job.model, backend=job.backend, target=job.target, precision=job.precision,
-                           batch=job.batch, threads=job.threads,
-                           config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()})
-                counts["ok" if row["status"] == "ok" else "failed"] += 1
-                try:
-                    store.add_result(config.name, key, row, env_id)
-                except BadInputError as err:  # locked (or unwritable): keep the row beside the database
-                    path = store.journal_result(config.name, key, row, record, exp_config)
-                    counts["journaled"] += 1
-                    say(f"warning: {err}; the result of {label} is kept in {path} and the next run imports it")
-                latencies = [m for m in row.get("metrics", []) if m["name"] in REGION_METRICS.values()]
-                outcome = ", ".join(f"{m['value']:.4f} ms {m['detail'].get('region', '')}".strip() for m in latencies)
-                if row["status"] != "ok":
-                    outcome = f"{row['category']}: {(row.get('message') or '')[:160]} {outcome}".strip()
-                say(f"    {label}: {outcome} ({time.perf_counter() - start:.1f} s)")
+                if config.interleave > 1:
+                    first = claimed[0][1]
+                    bar = "#" * (20 * (claimed[0][0] - 1) // len(todo))
+                    say(f"[{bar:<20}] {claimed[0][0]}-{claimed[-1][0]}/{len(todo)} {_label(first, config, point=True)}: "
+                        f"{', '.join(j.backend for _, j in claimed)}, {config.interleave} interleaved rounds ...")
+                    start = time.perf_counter()
+                    rows = run_interleaved([j for _, j in claimed], config.interleave, config.timeout_s, progress=say)
+                    for (_, job), row in zip(claimed, rows):
+                        _record(store, config, job, row, counts, record, exp_config, env_id, say, start)
+                    continue
+                for position, job in claimed:
+                    bar = "#" * (20 * (position - 1) // len(todo))
+                    say(f"[{bar:<20}] {position}/{len(todo)} {_label(job, config)} ...")
+                    start = time.perf_counter()
+                    row = run_isolated(job, config.timeout_s)
+                    _record(store, config, job, row, counts, record, exp_config, env_id, say, start)
         finally:
             store.release_claims()
         return counts
+
+
+def _label(job: JobConfig, config: ExperimentConfig, point: bool = False) -> str:
+    """``model/backend/bBATCH[/tTHREADS]`` (without the backend for a whole point)."""
+    label = f"{Path(job.model).stem}{'' if point else '/' + job.backend}/b{job.batch}"
+    return label + (f"/t{job.threads}" if len(config.threads) > 1 else "")
+
+
+def _record(store: ResultsStore, config: ExperimentConfig, job: JobConfig, row: dict[str, Any], counts: dict[str, int],
+            record: dict[str, Any], exp_config: dict[str, Any], env_id: int, say, start: float) -> None:
+    """Stores a finished job's row (or journals it when the database stays locked) and says how it went."""
+    label = _label(job, config)
+    row.update(model=job.model, backend=job.backend, target=job.target, precision=job.precision,
+               batch=job.batch, threads=job.threads,
+               config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()})
+    counts["ok" if row["status"] == "ok" else "failed"] += 1
+    key = job_key(job)
+    try:
+        store.add_result(config.name, key, row, env_id)
+    except BadInputError as err:  # locked (or unwritable): keep the row beside the database
+        path = store.journal_result(config.name, key, row, record, exp_config)
+        counts["journaled"] += 1
+        say(f"warning: {err}; the result of {label} is kept in {path} and the next run imports it")
+    latencies = [m for m in row.get("metrics", []) if m["name"] in REGION_METRICS.values()]
+    outcome = ", ".join(f"{m['value']:.4f} ms {m['detail'].get('region', '')}".strip() for m in latencies)
+    if row["status"] != "ok":
+        outcome = f"{row['category']}: {(row.get('message') or '')[:160]} {outcome}".strip()
+    say(f"    {label}: {outcome} ({time.perf_counter() - start:.1f} s)")
 
 
 def summary_line(config: ExperimentConfig, counts: dict[str, int]) -> str:

@@ -34,10 +34,10 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from dlcbench.errors import DlcbenchError, ExitCode, JobCrashError, JobTimeoutError, one_line
 
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 #: How a worker learns its launcher's pid (read and removed by :func:`become_worker`).
 LAUNCHER_PID_ENV = "DLCBENCH_LAUNCHER_PID"
+#: How many rounds an interleaved worker will be asked for (each round's share of the timing minimums).
+ROUNDS_ENV = "DLCBENCH_ROUNDS"
 #: Seconds a worker group gets between SIGTERM and SIGKILL.
 GRACE_S = 3.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -387,6 +389,154 @@ def run_isolated(job: JobConfig, timeout_s: float, env: dict[str, str] | None = 
     if "error" in payload:
         return failure_row(payload["error"]["category"], payload["error"]["message"])
     return job_row(payload["result"])
+
+
+class _RoundWorker:
+    """One job of an interleaved group: its worker (``worker.py --rounds``), the pipe it answers on, its files."""
+
+    def __init__(self, job: JobConfig, tmp: Path, rounds: int, env: dict[str, str] | None):
+        self.job, self.tmp, self.row = job, tmp, None
+        self.log = tmp / "worker.log"
+        read_end, write_end = os.pipe()
+        self.fd, self.buffer = read_end, b""
+        try:
+            with open(self.log, "w") as log:
+                self.proc, self.out_file = _start_job(
+                    job, tmp, ["--rounds", str(write_end)], env={**(env or {}), ROUNDS_ENV: str(rounds)},
+                    stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_end,), text=True)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+
+    @property
+    def live(self) -> bool:
+        return self.row is None
+
+    def command(self, text: str, timeout_s: float) -> dict[str, Any] | None:
+        """Sends ``text`` (none: only listens) and returns the worker's answer; on a death or timeout, records
+        the failure row and returns None."""
+        import select
+
+        if text:
+            try:
+                self.proc.stdin.write(text + "\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                return self._fail(None)
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return self._fail(timeout_s)
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return self._fail(None)
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def finish(self, timeout_s: float) -> dict[str, Any]:
+        """Asks for the pooled result and returns the job's row."""
+        from dlcbench.measure.trackers import job_row
+
+        if self.live:
+            try:
+                self.proc.stdin.write("finish\n")
+                self.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout_s)
+                timed_out = None
+            except subprocess.TimeoutExpired:
+                timed_out = timeout_s
+            payload = self._payload()
+            if timed_out is None and payload and "result" in payload:
+                self.row = job_row(payload["result"])
+            else:
+                self._fail(timed_out)
+        return self.row
+
+    def _payload(self) -> dict[str, Any] | None:
+        return json.loads(self.out_file.read_text()) if self.out_file.is_file() else None
+
+    def _fail(self, timeout_s: float | None) -> None:
+        from dlcbench.measure.trackers import failure_row
+        from dlcbench.outputs import remove_stale_siblings
+
+        if timeout_s is None:
+            try:
+                self.proc.wait(GRACE_S)  # it is ending: its result file says why
+            except subprocess.TimeoutExpired:
+                pass
+        self.close()
+        ended = classify_exit(self.proc.returncode, timeout_s)
+        payload = self._payload()
+        if payload is None:
+            remove_stale_siblings(self.job.out_dir)
+        if ended.status == "timeout":
+            self.row = failure_row("timeout", f"no answer after {timeout_s:g} s; killed")
+        elif payload and "error" in payload:
+            self.row = failure_row(payload["error"]["category"], payload["error"]["message"])
+        else:
+            log = self.log.read_text(errors="replace") if self.log.is_file() else ""
+            tail = one_line(log[-600:], 600) if log else ""
+            no_result = "" if ended.status == "crash" else " and no result"
+            self.row = failure_row("crash", f"worker {ended.message}{no_result}. {tail}".strip())
+        return None
+
+    def close(self) -> None:
+        """Ends the worker's group and closes the pipe (idempotent)."""
+        end_group(self.proc)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def run_interleaved(jobs: list[JobConfig], rounds: int, timeout_s: float, env: dict[str, str] | None = None,
+                    on_round: Callable[[int], None] | None = None,
+                    progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Times ``jobs`` (the backends of one comparison point) in ``rounds`` alternating rounds; one row per job.
+
+    Each job runs in its own worker, kept alive throughout: the workers are built and checked one after another
+    (never two compiles at once), then every round times each live job once, the order reversed every other
+    round (A B, B A, ...), so drift between rounds hits every backend alike. Each job's figures pool its rounds
+    (:func:`dlcbench.measure.job.pool_rounds`: per-round medians and the round-to-round spread are kept).
+
+    Building a job, and each of its rounds, gets ``timeout_s``. A job that fails, crashes or runs past that gets
+    its failure row and the others go on. ``on_round(i)`` is called before round ``i`` (from 0).
+    Like :func:`run_isolated`, never raises for job failures; every worker is ended on the way out.
+    """
+    from dlcbench.config import positive_int
+
+    positive_int("rounds", rounds)
+    say = progress or (lambda line: None)
+    workers: list[_RoundWorker] = []
+    with ExitStack() as stack:
+        try:
+            for job in jobs:
+                tmp = stack.enter_context(owned_temp_dir("dlcbench-job-"))
+                worker = _RoundWorker(job, tmp, rounds, env)
+                workers.append(worker)
+                worker.command("", timeout_s)  # ready, or its failure row
+                say(f"    {job.backend}: {'ready' if worker.live else worker.row['category']}")
+            for index in range(rounds):
+                if on_round:
+                    on_round(index)
+                order = workers if index % 2 == 0 else workers[::-1]
+                medians = []
+                for worker in order:
+                    if worker.live:
+                        answer = worker.command("time", timeout_s)
+                        if answer:
+                            medians.append(f"{worker.job.backend} {answer['median_ms'][0]:.4f} ms")
+                say(f"    round {index + 1}/{rounds}: {', '.join(medians) or 'no live job'}")
+            return [worker.finish(timeout_s) for worker in workers]
+        finally:
+            for worker in workers:
+                worker.close()
 
 
 class WorkerError(DlcbenchError):

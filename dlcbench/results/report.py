@@ -429,7 +429,8 @@ def _write_report_files(db: Path, experiment: str, out_dir: Path, baseline: str 
         f"Speedups are relative to **{baseline}**. {len(failures)} failed job(s), {len(unstable)} unstable timing(s) "
         f"((p90 - p10) / median above {SPREAD_FLAG * 100:g} %). In the table, `spread_pct` is (p90 - p10) / median "
         "and `cv_pct` std / mean, both in percent (the cv grows with a few outliers among thousands of samples; "
-        "stability is read from the spread).", "",
+        "stability is read from the spread); `round_spread_pct`, in interleaved experiments, is (largest - smallest "
+        "round median) / median, the drift between rounds.", "",
         f"Timed regions: {'; '.join(f'{REGION_TITLES[r]}, {len(v)} job(s)' for r, v in views.items())}. Figures of "
         "different regions are never compared: each has its own speedups and plots. In the table, `latency_*` "
         "columns are the resident region (or a region not recorded), `latency_end_to_end_*` the end-to-end one.", "",

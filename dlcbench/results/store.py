@@ -710,7 +710,10 @@ class ResultsStore:
 #: ``cv_pct`` is std / mean and ``spread_pct`` (p90 - p10) / median, both in percent; ``unstable`` is read from
 #: the spread (rows stored before the spread existed keep their cv-based flag).
 _LATENCY_COLUMNS = {"p90_ms": ("p90_ms", 1), "spread_pct": ("spread", 100), "cv_pct": ("cv", 100),
-                    "unstable": ("unstable", None)}
+                    "unstable": ("unstable", None), "round_spread_pct": ("round_spread", 100)}
+#: Columns shown only when some row has them (``round_spread``: interleaved rounds, (max - min) round median /
+#: median, in percent).
+_OPTIONAL_LATENCY_COLUMNS = ("round_spread_pct",)
 
 
 def _latency_column(metric: dict[str, Any] | None, suffix: str) -> Any:
@@ -730,11 +733,13 @@ def flat_table(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
         for name, m in r["metrics"].items():
             found.setdefault(name, m["unit"])
     names = sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
+    shown = [k for k in _LATENCY_COLUMNS if k not in _OPTIONAL_LATENCY_COLUMNS or any(
+        _LATENCY_COLUMNS[k][0] in (m.get("detail") or {}) for r in results for m in r["metrics"].values())]
     columns = list(COLUMNS)
     for name in names:
         columns.append(f"{name}_{found[name]}")
         if name.startswith("latency"):
-            columns += [f"{name}_{k}" for k in _LATENCY_COLUMNS]
+            columns += [f"{name}_{k}" for k in shown]
     rows = []
     for r in results:
         flat = {c: r.get(c) for c in COLUMNS}
@@ -742,7 +747,7 @@ def flat_table(results: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
             m = r["metrics"].get(name)
             flat[f"{name}_{found[name]}"] = m["value"] if m else None
             if name.startswith("latency"):
-                flat.update({f"{name}_{k}": _latency_column(m, k) for k in _LATENCY_COLUMNS})
+                flat.update({f"{name}_{k}": _latency_column(m, k) for k in shown})
         rows.append(flat)
     return columns, rows
 
