@@ -41,6 +41,25 @@ def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: resident)")
 
 
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that fix a model's inputs: shapes of dynamic dimensions, ranges of integer inputs, real data."""
+    group = parser.add_argument_group("model inputs")
+    group.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                       help="full shape of an input, batch first, fixing its dynamic dimensions (repeatable); a model "
+                            "with dynamic dimensions besides the batch needs it")
+    group.add_argument("--input-range", action="append", default=[], metavar="NAME=LOW,HIGH",
+                       help="draw an integer input from [LOW, HIGH) (repeatable; default: the model's embedding "
+                            "table size where it can be read, else [0, 10)); the range used is recorded")
+    group.add_argument("--inputs", default=None, metavar="FILE.npz",
+                       help="run and check on real data: one array per input (names as the model's), rows along the "
+                            "leading dimension; the first batch is timed, up to 16 batches are checked")
+
+
+def input_config(args: argparse.Namespace) -> dict:
+    """The :class:`dlcbench.measure.job.JobConfig` fields of :func:`add_input_arguments`' flags."""
+    return {"input_shapes": args.input_shape, "input_ranges": args.input_range, "inputs_file": args.inputs}
+
+
 def timing_config(args: argparse.Namespace):
     """The :class:`dlcbench.measure.timing.TimingConfig` of :func:`add_timing_arguments`' flags."""
     from dlcbench.measure.timing import TimingConfig

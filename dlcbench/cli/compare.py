@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 
-from dlcbench.cli.common import add_timing_arguments, timing_config
+from dlcbench.cli.common import add_input_arguments, add_timing_arguments, input_config, timing_config
 from dlcbench.errors import ExitCode, run_cli
 from dlcbench.results.store import DEFAULT_DB
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                              "backend in its own worker kept alive, so drift hits them alike (default: 1, each job "
                              "timed alone); the timing minimums are shared out between the rounds")
     add_timing_arguments(parser)
+    add_input_arguments(parser)
     parser.add_argument("--db-wait", type=float, default=None, metavar="SECONDS",
                         help="how long a database write waits for another process's lock before the result is "
                              "kept in DB.pending/ (default: $DLCBENCH_DB_WAIT or 30)")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads, preset=args.preset, target=args.target, db=args.db, timeout_s=args.timeout,
         force=args.force, timing=timing_config(args),
         out_root=args.out, retry_failed=args.retry_failed, db_wait=args.db_wait, region=args.region,
-        interleave=args.interleave,
+        interleave=args.interleave, **input_config(args),
     )
     counts = run_experiment(config)
     print(summary_line(config, counts))

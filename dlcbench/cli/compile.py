@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-from dlcbench.cli.common import add_timing_arguments, parse_params, timing_config
+from dlcbench.cli.common import add_input_arguments, add_timing_arguments, input_config, parse_params, timing_config
 from dlcbench import jsonio
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 from dlcbench.quiet import set_verbose
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a zoo parameter (VALUE is JSON, of the type of the preset's value)")
     parser.add_argument("--target", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--precision", default="fp32", help="fp32, fp16, bf16 or int8 (default: fp32)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size (default: the leading dimension of the first --input-shape, else 1)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for the backend")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="backend option, e.g. opt_level=basic (typed as the backend's Options field; target, "
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="artifact directory (default: out/MODEL-BACKEND-...); an existing one is replaced only if "
                              "it is empty or an earlier artifact")
     parser.add_argument("--force-export", action="store_true", help="rebuild the model's export cache entry")
+    add_input_arguments(parser)
     tuning = parser.add_argument_group("TVM tuning (MetaSchedule, AutoTVM's successor)")
     tuning.add_argument("--tune-trials", type=int, default=None, help="measured trials for this model")
     tuning.add_argument("--tune-minutes", type=float, default=None, help="time budget; stops cleanly with the best so far")
@@ -92,13 +94,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise BadInputError(f"--{flag.replace('_', '-')} applies to --backend tvm only")
             backend_options[key] = getattr(args, flag)
     from dlcbench.measure.job import JobConfig
+    from dlcbench.models.inputs import parse_input_shapes
 
+    if args.batch is None:
+        shapes = parse_input_shapes(args.input_shape)
+        args.batch = next(iter(shapes.values()))[0] if shapes else 1
     config = JobConfig(
         backend=args.backend, model=args.model, preset=args.preset, params=parse_params(args.param),
         target=args.target, precision=args.precision, batch=args.batch, threads=args.threads, out_dir=args.out,
         backend_options=backend_options, tolerances=args.tolerance or [],
         timing=timing_config(args),
         seed=args.seed, compile_only=args.compile_only, force_export=args.force_export, region=args.region,
+        **input_config(args),
     )
     from dlcbench.orchestrate.launcher import run_supervised
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dlcbench.cli.common import add_input_arguments, input_config
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="artifact directory (default: out/tune-MODEL-bN); an existing one is replaced only if "
                              "it is empty or an earlier artifact")
+    add_input_arguments(parser)
     args = parser.parse_args(argv)
     if not args.trials and not args.minutes:
         raise BadInputError("give --trials and/or --minutes")
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tuning_db:
         options["tuning_db"] = args.tuning_db
     job = JobConfig(backend="tvm", model=args.model, preset=args.preset, batch=args.batch,
-                    threads=args.threads or os.cpu_count() or 1, backend_options=options, compile_only=True,
+                    threads=args.threads or os.cpu_count() or 1, backend_options=options, compile_only=True, **input_config(args),
                     out_dir=args.out or Path("out") / f"tune-{Path(args.model).stem}-b{args.batch}")
     result = run_supervised(job)["result"]  # in its own worker: a crash in TVM is one line, exit 7
     tuning = result["manifest"]["extra"]["tuning"]

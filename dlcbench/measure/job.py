@@ -60,6 +60,10 @@ class JobConfig:
         force_export: Rebuild the model's export cache entry instead of reusing it.
         region: The timed region (:data:`dlcbench.compilers.base.REGIONS`): ``resident`` (for comparisons),
             ``end_to_end`` (numpy in, numpy out: what an application sees) or ``both`` (each timed in turn).
+        input_shapes: Full shapes fixing inputs' dynamic dimensions (``--input-shape``; see
+            :class:`dlcbench.models.export.ExportConfig`).
+        input_ranges: ``[low, high)`` of integer inputs (``--input-range``).
+        inputs_file: An ``.npz`` of real inputs to check and time on (``--inputs``).
     """
 
     backend: str
@@ -79,9 +83,18 @@ class JobConfig:
     compile_only: bool = False
     force_export: bool = False
     region: str = "resident"
+    input_shapes: dict[str, list[int]] | list[str] = field(default_factory=dict)
+    input_ranges: dict[str, list[int]] | list[str] = field(default_factory=dict)
+    inputs_file: str | None = None
 
     def __post_init__(self):
+        from dlcbench.models.inputs import parse_input_ranges, parse_input_shapes
+
         positive_int("batch", self.batch)
+        self.input_shapes = {k: list(v) for k, v in parse_input_shapes(self.input_shapes).items()}
+        self.input_ranges = {k: list(v) for k, v in parse_input_ranges(self.input_ranges).items()}
+        if self.inputs_file is not None:
+            self.inputs_file = os.path.abspath(os.path.expanduser(str(self.inputs_file)))
         positive_int("threads", self.threads)
         check_region(self.region)
         parse_tolerance_overrides(self.tolerances)  # validate early
@@ -125,6 +138,8 @@ def export_for(adapter, config: JobConfig):
         ExportConfig(
             model=config.model, preset=config.preset, params=dict(config.params), batch=config.batch,
             seed=config.seed, opset=config.opset, static=folded, fold=folded, force=config.force_export,
+            input_shapes=dict(config.input_shapes), input_ranges=dict(config.input_ranges),
+            inputs_file=config.inputs_file,
         )
     )
 

@@ -25,11 +25,14 @@ from dlcbench.files import sha256_file
 from dlcbench.errors import BadInputError, ExportError, one_line
 from dlcbench.quiet import import_quietly
 from dlcbench.outputs import forget_on_sigterm, make_temp_dir, remove_on_sigterm, remove_stale, swap_in
+from dlcbench.models.inputs import (DeclaredInput, data_batches, describe, graph_inputs, load_input_data,
+                                    onnx_declared_inputs, onnx_type_name, parse_input_ranges, parse_input_shapes,
+                                    resolve_inputs, set_input_shapes, set_output_shapes, upgrade_legacy)
 from dlcbench.models.zoo import InputSpec, get_model, sample_inputs
 
 #: Bumped whenever the exported files change meaning, so old cache entries miss (2: entries carry checksums;
-#: 3: extra check batches at small batch sizes).
-EXPORT_FORMAT = 3
+#: 3: extra check batches at small batch sizes; 4: every input dimension fixed, outputs shaped as computed).
+EXPORT_FORMAT = 4
 #: Input rows the output check sees at least: below this batch size an export also stores extra seeded
 #: batches (``check_inputs.npz``/``check_reference.npz``), so a check can tell whether outputs depend on inputs.
 MIN_CHECK_ROWS = 3
@@ -69,6 +72,11 @@ class ExportConfig:
         fold: The TVM-friendly variant: static shapes plus constant folding (implies ``static``).
         cache_dir: Cache root; defaults to :func:`default_cache_dir`.
         force: Rebuild even if the cache has this export.
+        input_shapes: Full shapes (batch first) of inputs with dynamic dimensions, ``{name: [d0, d1, ...]}`` or
+            ``--input-shape`` strings ``NAME=D0,D1,...`` (see :func:`dlcbench.models.inputs.resolve_inputs`).
+        input_ranges: ``[low, high)`` of integer inputs, ``{name: [low, high]}`` or ``NAME=LOW,HIGH`` strings.
+        inputs_file: An ``.npz`` of real inputs (one array per input, rows along the leading dimension): the
+            sample batch is its first ``batch`` rows, the next full batches are checked too.
     """
 
     model: str
@@ -81,9 +89,16 @@ class ExportConfig:
     fold: bool = False
     cache_dir: Path | None = None
     force: bool = False
+    input_shapes: dict[str, list[int]] | list[str] = field(default_factory=dict)
+    input_ranges: dict[str, list[int]] | list[str] = field(default_factory=dict)
+    inputs_file: str | None = None
 
     def __post_init__(self):
         positive_int("batch", self.batch)
+        self.input_shapes = {k: list(v) for k, v in parse_input_shapes(self.input_shapes).items()}
+        self.input_ranges = {k: list(v) for k, v in parse_input_ranges(self.input_ranges).items()}
+        if self.inputs_file is not None:
+            self.inputs_file = os.path.abspath(os.path.expanduser(str(self.inputs_file)))
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise BadInputError(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset}")
         if self.fold:
@@ -224,6 +239,13 @@ def _cache_key(cfg: ExportConfig, kind: str, params: dict[str, Any]) -> str:
         "fold": cfg.fold,
         "versions": _versions(),
     }
+    for name in ("input_shapes", "input_ranges"):
+        if getattr(cfg, name):
+            ident[name] = getattr(cfg, name)
+    if cfg.inputs_file:
+        if not Path(cfg.inputs_file).is_file():
+            raise BadInputError(f"--inputs: file not found: {cfg.inputs_file}")
+        ident["inputs_file"] = file_digest(Path(cfg.inputs_file))
     if kind == "zoo":
         ident.update(model=cfg.model, params=params)
     else:
@@ -292,25 +314,6 @@ def fix_erfc(model) -> int:
     return count
 
 
-def graph_inputs(model) -> list:
-    """The real inputs of an ONNX graph: old models also list initializers as inputs."""
-    initializers = {init.name for init in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in initializers]
-
-
-_ONNX_TO_NUMPY = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 9: "bool", 3: "int8", 2: "uint8"}
-
-
-def onnx_type_name(elem_type: int) -> str:
-    """An ONNX element type code by name: ``4`` is ``uint16``, ``16`` is ``bfloat16``."""
-    from onnx import TensorProto
-
-    try:
-        return TensorProto.DataType.Name(elem_type).lower()
-    except ValueError:
-        return f"unknown ({elem_type})"
-
-
 def fixed_batch(model) -> tuple[int, str] | None:
     """``(batch, input name)`` when every input's leading dimension is the same fixed number, else None."""
     leading = []
@@ -323,28 +326,10 @@ def fixed_batch(model) -> tuple[int, str] | None:
     return leading[0] if leading and len({n for n, _ in leading}) == 1 else None
 
 
-def onnx_input_specs(model) -> list[InputSpec]:
-    """Input specs (batch dimension dropped) from an ONNX graph; other symbolic dims become 1."""
-    specs = []
-    for value in graph_inputs(model):
-        tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
-        dtype = _ONNX_TO_NUMPY.get(tensor.elem_type)
-        if dtype is None:
-            raise BadInputError(
-                f"input {value.name} has element type {onnx_type_name(tensor.elem_type)}, which dlcbench cannot "
-                f"feed; supported: {', '.join(sorted(set(_ONNX_TO_NUMPY.values())))}")
-        specs.append(InputSpec(value.name, tuple(dims[1:]), dtype, high=10))
-    return specs
-
-
-def set_batch(model, batch: int) -> None:
-    """Fixes the leading dimension of every graph input and output to ``batch``, in place."""
-    for value in [*graph_inputs(model), *model.graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        if dims:
-            dims[0].Clear()
-            dims[0].dim_value = batch
+def onnx_input_specs(model, batch: int = 1, input_shapes=None) -> list[InputSpec]:
+    """Fixed input specs (batch dimension dropped) of an ONNX graph; dynamic dimensions besides the batch must be
+    given in ``input_shapes`` (see :func:`dlcbench.models.inputs.resolve_inputs`)."""
+    return resolve_inputs(onnx_declared_inputs(model), batch, parse_input_shapes(input_shapes))
 
 
 def run_onnxruntime(path: Path, inputs: dict[str, np.ndarray], threads: int = 0) -> dict[str, np.ndarray]:
@@ -406,14 +391,26 @@ def _quiet_tensorflow():
     return import_quietly("tensorflow")
 
 
-def _keras_io(model) -> tuple[list[InputSpec], list[str]]:
-    specs = []
+def _keras_io(model) -> tuple[list[DeclaredInput], list[str]]:
+    """A Keras model's declared inputs (dynamic dimensions None; an integer input's range from the model's
+    ``Embedding`` table when it has exactly one integer input) and its output names."""
+    declared = []
     for tensor in model.inputs:
         dtype = str(np.dtype(tensor.dtype))
         name = tensor.name.split(":")[0]
-        specs.append(InputSpec(name, tuple(int(d) for d in tensor.shape[1:]), dtype, high=10))
+        declared.append(DeclaredInput(name, [None, *(None if d is None else int(d) for d in tensor.shape[1:])], dtype))
+    integer = [d for d in declared if np.issubdtype(np.dtype(d.dtype), np.integer)]
+    tables = [layer.input_dim for layer in _all_layers(model) if type(layer).__name__ == "Embedding"]
+    if len(integer) == 1 and tables:
+        integer[0].int_range, integer[0].range_source = (0, min(tables)), f"model: Embedding of {min(tables)} rows"
     names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
-    return specs, names
+    return declared, names
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
 
 
 def _keras_to_onnx(model, specs, output_names, cfg: ExportConfig):
@@ -456,9 +453,9 @@ def _savedmodel_function(path: Path, cfg: ExportConfig):
         raise BadInputError(f"cannot load SavedModel {path}: {one_line(err, 200)}") from None
     kwargs = sig.structured_input_signature[1]
     names = sorted(kwargs)
-    specs = [
-        InputSpec(n, tuple(int(d or 1) for d in kwargs[n].shape[1:]), kwargs[n].dtype.name, high=10) for n in names
-    ]
+    declared = [DeclaredInput(n, [None, *(None if d is None else int(d) for d in kwargs[n].shape[1:])],
+                              kwargs[n].dtype.name) for n in names]
+    specs = _resolve(declared, cfg, str(path))
     batch = cfg.batch if cfg.static else None
     signature = [tf.TensorSpec(s.with_batch(batch), kwargs[s.name].dtype, name=s.name) for s in specs]
 
@@ -590,31 +587,47 @@ def _publish_entry(tmp: Path, final: Path, key: str, replace: bool, name: str) -
     return None
 
 
+def _resolve(declared: list[DeclaredInput], cfg: ExportConfig, label: str) -> list[InputSpec]:
+    """The export's fixed input specs (:func:`dlcbench.models.inputs.resolve_inputs` with the config's shapes,
+    ranges and data)."""
+    data = load_input_data(cfg.inputs_file, declared, cfg.batch, label) if cfg.inputs_file else None
+    return resolve_inputs(declared, cfg.batch, cfg.input_shapes, cfg.input_ranges, data, label)
+
+
+def _declared_of(specs: list[InputSpec]) -> list[DeclaredInput]:
+    """Resolved specs as fully fixed declarations (to check data against them)."""
+    return [DeclaredInput(s.name, [None, *s.shape], s.dtype) for s in specs]
+
+
+def _zoo_declared(specs: list[InputSpec]) -> list[DeclaredInput]:
+    return [DeclaredInput(s.name, [None, *s.shape], s.dtype,
+                          int_range=(s.low, s.high) if s.high else None,
+                          range_source="model: vocabulary size" if s.high else "") for s in specs]
+
+
 def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[str, Any]:
     import onnx
 
     task = spec.task if spec else "generic"
     keras_rel: str | None = None
+    upgraded: list[str] = []
     if kind == "onnx":
         model_proto = load_onnx(Path(cfg.model))
-        specs = onnx_input_specs(model_proto)
+        upgraded = upgrade_legacy(model_proto)
         fixed_at = fixed_batch(model_proto)
         if fixed_at and fixed_at[0] != cfg.batch:
             raise BadInputError(f"{cfg.model}: the model's batch is fixed at {fixed_at[0]} (input {fixed_at[1]}), "
                                 f"so it cannot run at batch {cfg.batch}; use --batch {fixed_at[0]}")
-        if cfg.static:
-            set_batch(model_proto, cfg.batch)
-        inputs = sample_inputs(specs, cfg.batch, cfg.seed)
+        specs = _resolve(onnx_declared_inputs(model_proto), cfg, cfg.model)
+        set_input_shapes(model_proto, specs, cfg.batch if cfg.static else None)
         reference_source = "onnxruntime"
         reference = framework = None
     elif kind == "savedmodel":
         loaded, serve, specs, output_names = _savedmodel_function(Path(cfg.model), cfg)
-        inputs = sample_inputs(specs, cfg.batch, cfg.seed)
 
         def framework(batch):
             return {k: np.asarray(v) for k, v in serve(*[batch[s.name] for s in specs]).items()}
 
-        reference = framework(inputs)
         model_proto = _convert_function(serve, cfg)
         keras_rel = str(Path(cfg.model).resolve())
         reference_source = "tensorflow"
@@ -631,12 +644,12 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
                 model = keras.saving.load_model(cfg.model)
             except Exception as err:
                 raise BadInputError(f"cannot load Keras model {cfg.model}: {one_line(err, 200)}") from None
-            specs, output_names = _keras_io(model)
+            declared, output_names = _keras_io(model)
+            specs = _resolve(declared, cfg, cfg.model)
         else:
             model = spec.build(params, seed=cfg.seed)
-            specs = spec.input_specs(params)
+            specs = _resolve(_zoo_declared(spec.input_specs(params)), cfg, cfg.model)
             _, output_names = _keras_io(model)
-        inputs = sample_inputs(specs, cfg.batch, cfg.seed)
 
         def framework(batch):
             feed = [batch[s.name] for s in specs]
@@ -644,7 +657,6 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
             outs = outs if isinstance(outs, (list, tuple)) else [outs]
             return {n: np.asarray(t) for n, t in zip(output_names, outs)}
 
-        reference = framework(inputs)
         model_proto = _keras_to_onnx(model, specs, output_names, cfg)
         model.save(out / "model.keras")
         keras_rel = "model.keras"
@@ -658,18 +670,24 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
     raw = out / "model.onnx"
     onnx.save(model_proto, str(raw))
 
-    # The sample batch, then the extra check batches (seeded apart) that give the check distinct inputs.
-    batches = [inputs] + [sample_inputs(specs, cfg.batch, check_seed(cfg.seed, i))
-                          for i in range(1, extra_check_batches(cfg.batch) + 1)]
+    if cfg.inputs_file:  # the user's rows, batch by batch
+        batches = data_batches(load_input_data(cfg.inputs_file, _declared_of(specs), cfg.batch, cfg.model), cfg.batch)
+    else:  # the sample batch, then the extra check batches (seeded apart) that give the check distinct inputs
+        batches = [sample_inputs(specs, cfg.batch, cfg.seed)] + [
+            sample_inputs(specs, cfg.batch, check_seed(cfg.seed, i)) for i in range(1, extra_check_batches(cfg.batch) + 1)]
+    inputs = batches[0]
     exported = run_onnxruntime_batches(raw, batches)
     if framework is None:
         references = exported
     else:
         # The export must reproduce the framework: a converter bug shows here, not in a backend.
-        references = [reference] + [framework(batch) for batch in batches[1:]]
+        references = [framework(batch) for batch in batches]
         for expected, got in zip(references, exported):
             _assert_same(expected, got, "tf2onnx conversion")
     reference = references[0]
+    if cfg.static:  # every dimension fixed: the outputs' too, as computed (the leading one need not be the batch)
+        set_output_shapes(model_proto, reference)
+        onnx.save(model_proto, str(raw))
 
     folded = False
     if cfg.fold:
@@ -692,7 +710,8 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
 
     static_copy = onnx.ModelProto()
     static_copy.CopyFrom(model_proto)
-    set_batch(static_copy, cfg.batch)
+    set_input_shapes(static_copy, specs, cfg.batch)
+    set_output_shapes(static_copy, reference)
     return {
         "source": cfg.model if kind == "zoo" else str(Path(cfg.model).resolve()),
         "params": params,
@@ -706,10 +725,10 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
         "erfc_rewritten": fixed,
         "reference_source": reference_source,
         "check_batches": len(batches) - 1,
-        "inputs": [
-            {"name": s.name, "shape": list(s.with_batch(cfg.batch if cfg.static else None)), "dtype": s.dtype}
-            for s in specs
-        ],
+        "inputs": describe(specs, cfg.batch if cfg.static else None),
+        "upgraded": upgraded,
+        "input_data": ({"file": cfg.inputs_file, "sha256": file_digest(Path(cfg.inputs_file)),
+                        "batches": len(batches)} if cfg.inputs_file else None),
         "outputs": [
             {"name": n, "shape": list(v.shape), "dtype": str(v.dtype)} for n, v in reference.items()
         ],

@@ -27,13 +27,17 @@ class InputSpec:
         name: Input name, shared by Keras, ONNX and every backend.
         shape: Shape without the batch dimension.
         dtype: NumPy dtype name (``float32``, ``int32``...).
-        high: For integer inputs, values are drawn from ``[0, high)``.
+        high: For integer inputs, values are drawn from ``[low, high)``.
+        low: See ``high``.
+        range_source: Where an integer input's range comes from (the model, ``--input-range``, a default).
     """
 
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
     high: int = 0
+    low: int = 0
+    range_source: str = ""
 
     def with_batch(self, batch: int | None) -> tuple[int | None, ...]:
         """Returns the full shape with a leading batch dimension."""
@@ -43,7 +47,7 @@ class InputSpec:
 def sample_inputs(specs: list[InputSpec], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Generates deterministic sample inputs for ``specs`` at ``batch``.
 
-    Floats are standard normal, integers uniform in ``[0, spec.high)``; the same
+    Floats are standard normal, integers uniform in ``[spec.low, spec.high)``; the same
     seed always gives the same arrays, so every backend sees identical data.
     """
     positive_int("batch", batch)
@@ -52,7 +56,7 @@ def sample_inputs(specs: list[InputSpec], batch: int, seed: int = 0) -> dict[str
     for spec in specs:
         shape = (batch, *spec.shape)
         if np.issubdtype(np.dtype(spec.dtype), np.integer):
-            arrays[spec.name] = rng.integers(0, max(spec.high, 1), size=shape).astype(spec.dtype)
+            arrays[spec.name] = rng.integers(spec.low, max(spec.high, spec.low + 1), size=shape).astype(spec.dtype)
         else:
             arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
     return arrays

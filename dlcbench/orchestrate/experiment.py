@@ -59,6 +59,8 @@ class ExperimentConfig:
             after the other. K >= 2: the backends of a point are built, then timed in K alternating rounds, each
             in its own worker kept alive (:func:`dlcbench.orchestrate.launcher.run_interleaved`), so drift hits
             them alike; per-round medians are stored.
+        input_shapes, input_ranges, inputs_file: Applied to every model of the matrix
+            (:class:`dlcbench.measure.job.JobConfig`); a name a model lacks fails that model's jobs.
 
     Validation happens here, for the whole matrix at once: repeated models, backends and batches are
     dropped (listed in ``repeated``); model paths are made absolute against the working directory. ``threads``
@@ -87,6 +89,9 @@ class ExperimentConfig:
     db_wait: float | None = None
     region: str = "resident"
     interleave: int = 1
+    input_shapes: dict[str, list[int]] | list[str] = field(default_factory=dict)
+    input_ranges: dict[str, list[int]] | list[str] = field(default_factory=dict)
+    inputs_file: str | None = None
 
     def __post_init__(self):
         from dlcbench.compilers.base import PRECISIONS, TARGETS
@@ -112,6 +117,14 @@ class ExperimentConfig:
         if not self.timeout_s > 0:
             raise BadInputError(f"the job timeout must be positive, got {self.timeout_s}")
         check_region(self.region)
+        from dlcbench.models.inputs import parse_input_ranges, parse_input_shapes
+
+        self.input_shapes = {k: list(v) for k, v in parse_input_shapes(self.input_shapes).items()}
+        self.input_ranges = {k: list(v) for k, v in parse_input_ranges(self.input_ranges).items()}
+        if self.inputs_file is not None:
+            self.inputs_file = os.path.abspath(os.path.expanduser(str(self.inputs_file)))
+            if not os.path.isfile(self.inputs_file):
+                raise BadInputError(f"--inputs: file not found: {self.inputs_file}")
         if isinstance(self.interleave, bool) or not isinstance(self.interleave, int) or self.interleave < 1:
             raise BadInputError(f"--interleave takes a number of rounds >= 1 (1: no interleaving), got {self.interleave}")
         if self.db_wait is not None and not self.db_wait >= 0:
@@ -162,6 +175,7 @@ class ExperimentConfig:
         return [
             JobConfig(backend=b, model=m, preset=self.preset, target=self.target, precision=self.precision,
                       batch=n, threads=t, timing=self.timing, region=self.region,
+                      input_shapes=self.input_shapes, input_ranges=self.input_ranges, inputs_file=self.inputs_file,
                       out_dir=self.out_root / self.name / f"{Path(m).stem}-{b}-b{n}{f'-t{t}' if sweep else ''}")
             for m in self.models for t in self.threads for n in self.batches for b in self.backends
         ]

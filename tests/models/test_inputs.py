@@ -1,0 +1,191 @@
+"""A model's own inputs: dynamic dimensions fixed by --input-shape (or refused), integer ranges from the model or
+--input-range, real data from --inputs, legacy IR-3 models, zero-input models and outputs not led by the batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from dlcbench.errors import BadInputError
+from dlcbench.measure.job import JobConfig, run_job
+from dlcbench.models.export import ExportConfig, export_model
+from dlcbench.models.inputs import parse_input_ranges, parse_input_shapes
+from dlcbench_test_support import ROOT, assert_one_line_error
+
+
+def _save(path: Path, nodes, inputs, outputs, initializers=(), ir_version=8, opset=17) -> Path:
+    model = helper.make_model(helper.make_graph(nodes, path.stem, inputs, outputs, list(initializers)),
+                              opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+    onnx.save(model, str(path))
+    return path
+
+
+def conv_model(tmp_path: Path) -> Path:
+    """``image [batch, 3, height, width]`` -> conv -> global pool -> ``pooled [batch, 4]``."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    return _save(tmp_path / "dyn.onnx",
+                 [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+                  helper.make_node("GlobalAveragePool", ["c"], ["g"]), helper.make_node("Flatten", ["g"], ["pooled"])],
+                 [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+                 [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 4])], [w])
+
+
+def embedding_model(tmp_path: Path, rows: int = 37) -> Path:
+    """``ids [batch, seq] int64`` -> Cast -> Gather of a ``rows x 8`` table -> ReduceMean -> ``[batch, 8]``."""
+    table = numpy_helper.from_array(np.random.default_rng(1).standard_normal((rows, 8)).astype(np.float32), "table")
+    return _save(tmp_path / "emb.onnx",
+                 [helper.make_node("Cast", ["ids"], ["ids32"], to=TensorProto.INT32),
+                  helper.make_node("Gather", ["table", "ids32"], ["e"]),
+                  helper.make_node("ReduceMean", ["e"], ["mean"], axes=[1], keepdims=0)],
+                 [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 5])],
+                 [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 8])], [table])
+
+
+def test_dynamic_dimensions_are_refused_naming_each_and_the_flag(tmp_path):
+    model = conv_model(tmp_path)
+    with pytest.raises(BadInputError, match=r"image \[batch, 3, height, width\].*--input-shape image=1,3,HEIGHT,WIDTH"):
+        export_model(ExportConfig(str(model), cache_dir=tmp_path / "cache"))
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile.py"), "--backend", "onnxruntime",
+                          "--model", str(model), "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                         timeout=300)
+    assert_one_line_error(run, 2, "dynamic dimensions", "--input-shape image=")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("shape, message", [
+    ("image=1,4,8,8", "dimension 1 of image is fixed at 3"),
+    ("image=2,3,8,8", "has batch 2 but the batch is 1"),
+    ("imag=1,3,8,8", "names imag, which the model does not take; its inputs: image"),
+    ("image=1,3,8", "has 3 dimensions, the model's input has 4"),
+])
+def test_a_shape_that_contradicts_the_model_is_refused(tmp_path, shape, message):
+    with pytest.raises(BadInputError, match=message):
+        export_model(ExportConfig(str(conv_model(tmp_path)), input_shapes=[shape], cache_dir=tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("text", ["image", "image=", "image=1,x", "=1,2", "image=0,3"])
+def test_bad_shape_flags(text):
+    with pytest.raises(BadInputError, match="input-shape"):
+        parse_input_shapes([text])
+
+
+def test_bad_range_flags():
+    for text in ("ids=5", "ids=5,5", "ids=a,b"):
+        with pytest.raises(BadInputError, match="input-range"):
+            parse_input_ranges([text])
+    assert parse_input_ranges(["a:0=-3,4"]) == {"a:0": (-3, 4)}
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
+def test_given_shapes_run_on_the_plain_and_folded_paths(tmp_path, backend):
+    result = run_job(JobConfig(backend=backend, model=str(conv_model(tmp_path)), batch=2, threads=1,
+                               input_shapes=["image=2,3,16,24"], out_dir=tmp_path / backend,
+                               timing=_quick()))
+    assert result.passed, result.failure_message
+    export = Path(result.model["export_dir"])
+    meta_inputs = json.loads((export / "meta.json").read_text())["inputs"]
+    assert meta_inputs[0]["shape"][1:] == [3, 16, 24]
+    with np.load(export / "inputs.npz") as data:
+        assert data["image"].shape == (2, 3, 16, 24)
+
+
+def _quick():
+    from dlcbench.measure.timing import TimingConfig
+
+    return TimingConfig(warmup_iters=1, warmup_seconds=0, min_iters=3, min_seconds=0, ci_target=0)
+
+
+def test_integer_inputs_are_drawn_from_the_model_table_or_the_given_range(tmp_path):
+    model = str(embedding_model(tmp_path, rows=37))
+    export = export_model(ExportConfig(model, batch=4, cache_dir=tmp_path / "cache"))
+    ids = export.inputs()["ids"]
+    assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 37 and ids.max() >= 10  # not the old [0, 10)
+    assert export.input_specs[0]["range"] == [0, 37]
+    assert "table of 37 rows" in export.input_specs[0]["range_source"]
+    given = export_model(ExportConfig(model, batch=4, input_ranges=["ids=30,33"], cache_dir=tmp_path / "cache"))
+    assert set(np.unique(given.inputs()["ids"])) <= {30, 31, 32}
+    assert given.input_specs[0]["range"] == [30, 33] and given.input_specs[0]["range_source"] == "--input-range"
+
+
+def test_real_inputs_are_checked_batch_by_batch(tmp_path):
+    model = str(embedding_model(tmp_path, rows=37))
+    rows = np.arange(30, dtype=np.int64).reshape(6, 5) % 37
+    np.savez(tmp_path / "ids.npz", ids=rows)
+    result = run_job(JobConfig(backend="onnxruntime", model=model, batch=2, threads=1, inputs_file=str(tmp_path / "ids.npz"),
+                               out_dir=tmp_path / "ort", timing=_quick()))
+    assert result.passed
+    export = Path(result.model["export_dir"])
+    with np.load(export / "inputs.npz") as data:
+        np.testing.assert_array_equal(data["ids"], rows[:2])
+    meta = json.loads((export / "meta.json").read_text())
+    assert meta["input_data"]["batches"] == 3 and meta["check_batches"] == 2
+    with pytest.raises(BadInputError, match="is int32, the model takes int64"):
+        np.savez(tmp_path / "bad.npz", ids=rows.astype(np.int32))
+        export_model(ExportConfig(model, batch=2, inputs_file=str(tmp_path / "bad.npz"), cache_dir=tmp_path / "c"))
+    with pytest.raises(BadInputError, match="no array for input"):
+        np.savez(tmp_path / "other.npz", tokens=rows)
+        export_model(ExportConfig(model, batch=2, inputs_file=str(tmp_path / "other.npz"), cache_dir=tmp_path / "c"))
+    with pytest.raises(BadInputError, match="fewer than the batch 8"):
+        export_model(ExportConfig(model, batch=8, inputs_file=str(tmp_path / "ids.npz"), cache_dir=tmp_path / "c"))
+    with pytest.raises(BadInputError, match="dimension 1 of ids is 4, the model fixes it at 5"):
+        np.savez(tmp_path / "short.npz", ids=rows[:, :4])
+        export_model(ExportConfig(model, batch=2, inputs_file=str(tmp_path / "short.npz"), cache_dir=tmp_path / "c"))
+    (tmp_path / "junk.npz").write_text("not numpy")
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile.py"), "--backend", "onnxruntime",
+                          "--model", model, "--inputs", str(tmp_path / "junk.npz"), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=300)
+    assert_one_line_error(run, 2, "not a NumPy .npz file")
+
+
+def legacy_model(tmp_path: Path) -> Path:
+    """IR version 3, opset 9, its weights listed among the graph inputs (as old model zoos shipped them)."""
+    w = np.random.default_rng(2).standard_normal((6, 4)).astype(np.float32)
+    b = np.random.default_rng(3).standard_normal((4,)).astype(np.float32)
+    return _save(tmp_path / "legacy.onnx",
+                 [helper.make_node("Gemm", ["x", "w", "b"], ["y0"]), helper.make_node("Relu", ["y0"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6]),
+                  helper.make_tensor_value_info("w", TensorProto.FLOAT, [6, 4]),
+                  helper.make_tensor_value_info("b", TensorProto.FLOAT, [4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                 [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")], ir_version=3, opset=9)
+
+
+def zero_input_model(tmp_path: Path) -> Path:
+    """No inputs: ``Log`` of a positive constant table."""
+    c = numpy_helper.from_array(np.arange(1, 7, dtype=np.float32).reshape(2, 3), "c")
+    return _save(tmp_path / "noinput.onnx", [helper.make_node("Log", ["c"], ["y"])], [],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [c])
+
+
+def non_batch_output_model(tmp_path: Path) -> Path:
+    """``x [batch, 4]`` -> ``rowsum [batch]`` and ``colmean [4]`` (no batch dimension) and ``t [4, batch]``."""
+    axes1 = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes1")
+    return _save(tmp_path / "nonbatch.onnx",
+                 [helper.make_node("ReduceSum", ["x", "axes1"], ["rowsum"], keepdims=0),
+                  helper.make_node("ReduceMean", ["x"], ["colmean"], axes=[0], keepdims=0),
+                  helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                 [helper.make_tensor_value_info("rowsum", TensorProto.FLOAT, ["batch"]),
+                  helper.make_tensor_value_info("colmean", TensorProto.FLOAT, [4]),
+                  helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, "batch"])], [axes1])
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
+@pytest.mark.parametrize("make, batch", [(legacy_model, 1), (zero_input_model, 1), (non_batch_output_model, 3)])
+def test_models_from_the_wild_run_on_the_plain_and_folded_paths(tmp_path, backend, make, batch):
+    result = run_job(JobConfig(backend=backend, model=str(make(tmp_path)), batch=batch, threads=1,
+                               out_dir=tmp_path / backend, timing=_quick()))
+    assert result.passed, result.failure_message
+    if make is legacy_model:
+        meta = json.loads((Path(result.model["export_dir"]) / "meta.json").read_text())
+        assert meta["upgraded"] == ["IR version 3 -> 4", "2 initializer(s) no longer listed as graph inputs"]
+    if make is non_batch_output_model:
+        with np.load(Path(result.model["export_dir"]) / "reference.npz") as ref:
+            assert ref["colmean"].shape == (4,) and ref["t"].shape == (4, 3) and ref["rowsum"].shape == (3,)
