@@ -44,6 +44,8 @@ def tiny_export():
 #: bundles, pip installs), measured with ``--durations``; ``pytest -m "not slow"`` is the quick inner loop,
 #: and CI and the README run everything.
 SLOW_TESTS = {
+    "test_keras_applications_built_without_weights", "test_a_job_that_dies_mid_round_is_recorded_and_the_others_finish",
+    "test_compare_interleave_stores_rounds_and_reports_their_spread",
     "test_tiny_budget_tunes_then_reuses_then_time_budget_stops", "test_tune_script_prints_the_per_task_table",
     "test_database_of_another_target_is_refused", "test_corrupt_or_unlabelled_database_is_refused",
     "test_small_params_are_constants_so_clip_guards_fold_and_every_task_is_schedulable",

@@ -441,7 +441,38 @@ def _convert_function(func, cfg: ExportConfig):
         model_proto, _ = tf2onnx.convert.from_function(func, input_signature=func.input_signature, opset=cfg.opset)
     except Exception as err:
         raise ExportError(f"tf2onnx failed: {one_line(err, 300)}") from None
+    _freeze_captured_tensors(model_proto, func)
     return model_proto
+
+
+def _freeze_captured_tensors(model_proto, func) -> None:
+    """Turns the graph inputs tf2onnx made of tensors the function captured into constants, in place.
+
+    tf2onnx freezes captured *variables*; a layer that keeps state as plain tensors (Keras 3's ``Normalization``
+    keeps its adapted mean and variance so) is captured as a tensor, which tf2onnx leaves as a graph input that
+    nothing feeds. Raises :class:`ExportError` naming any graph input that is neither declared nor captured.
+    """
+    from onnx import numpy_helper
+
+    declared = {spec.name for spec in func.input_signature}
+    concrete = func.get_concrete_function()
+    captured = {internal.name: external for external, internal in concrete.graph.captures
+                if external.dtype.name != "resource"}
+    kept, frozen, unknown = [], [], []
+    for value in model_proto.graph.input:
+        base = value.name.split(":")[0]
+        if value.name in declared or base in declared:
+            kept.append(value)
+        elif value.name in captured:
+            model_proto.graph.initializer.append(numpy_helper.from_array(np.asarray(captured[value.name]), value.name))
+            frozen.append(value.name)
+        else:
+            unknown.append(value.name)
+    if unknown:
+        raise ExportError(f"the ONNX export has inputs that are neither the model's nor constants: {', '.join(unknown)}")
+    if frozen:
+        del model_proto.graph.input[:]
+        model_proto.graph.input.extend(kept)
 
 
 def _savedmodel_function(path: Path, cfg: ExportConfig):

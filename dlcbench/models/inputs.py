@@ -141,7 +141,8 @@ def data_batches(data: dict[str, np.ndarray], batch: int) -> list[dict[str, np.n
 
 def _shape_text(d: DeclaredInput) -> str:
     names = d.dim_names or [""] * len(d.dims)
-    return "[" + ", ".join(str(v) if v is not None else (n or "?") for v, n in zip(d.dims, names)) + "]"
+    return "[" + ", ".join(str(v) if v is not None else (n or ("batch" if i == 0 else "?"))
+                           for i, (v, n) in enumerate(zip(d.dims, names))) + "]"
 
 
 def resolve_inputs(declared: list[DeclaredInput], batch: int, shapes: dict[str, tuple[int, ...]] | None = None,
