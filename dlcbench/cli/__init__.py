@@ -14,6 +14,7 @@ from dlcbench.errors import BadInputError, ExitCode, run_cli
 #: subcommand -> (module under dlcbench.cli, one-line description)
 COMMANDS = {
     "compile": ("compile", "export, compile, check and time one model on one backend"),
+    "bisect": ("bisect", "name the first ONNX node whose output a backend computes differently from ONNX Runtime"),
     "compare": ("compare", "run a models x backends x batches experiment into the results database"),
     "report": ("report", "Markdown report, plots and exports of an experiment"),
     "tune": ("tune", "tune a model with TVM MetaSchedule"),

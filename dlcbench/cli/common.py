@@ -41,8 +41,9 @@ def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: resident)")
 
 
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that fix a model's inputs: shapes of dynamic dimensions, ranges of integer inputs, real data."""
+def add_input_arguments(parser: argparse.ArgumentParser, accuracy: bool = True) -> None:
+    """The flags that fix a model's inputs: shapes of dynamic dimensions, ranges of integer inputs, real data; and
+    ``--accuracy`` (labelled data) unless ``accuracy`` is False."""
     group = parser.add_argument_group("model inputs")
     group.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                        help="full shape of an input, batch first, fixing its dynamic dimensions (repeatable); a model "
@@ -50,6 +51,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--input-range", action="append", default=[], metavar="NAME=LOW,HIGH",
                        help="draw an integer input from [LOW, HIGH) (repeatable; default: the model's embedding "
                             "table size where it can be read, else [0, 10)); the range used is recorded")
+    if accuracy:
+        group.add_argument("--accuracy", action="store_true",
+                           help="also measure top-1 accuracy on the held-out split of the model's dataset "
+                                "(digits-mlp, digits-cnn) against the Keras model's; a drop beyond the precision's "
+                                "budget (fp32 0, fp16/bf16 0.5, int8 1 point) fails as accuracy_drop")
     group.add_argument("--inputs", default=None, metavar="FILE.npz",
                        help="run and check on real data: one array per input (names as the model's), rows along the "
                             "leading dimension; the first batch is timed, up to 16 batches are checked")
@@ -57,7 +63,8 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 def input_config(args: argparse.Namespace) -> dict:
     """The :class:`dlcbench.measure.job.JobConfig` fields of :func:`add_input_arguments`' flags."""
-    return {"input_shapes": args.input_shape, "input_ranges": args.input_range, "inputs_file": args.inputs}
+    return {"input_shapes": args.input_shape, "input_ranges": args.input_range, "inputs_file": args.inputs,
+            "accuracy": getattr(args, "accuracy", False)}
 
 
 def timing_config(args: argparse.Namespace):

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="artifact directory (default: out/tune-MODEL-bN); an existing one is replaced only if "
                              "it is empty or an earlier artifact")
-    add_input_arguments(parser)
+    add_input_arguments(parser, accuracy=False)
     args = parser.parse_args(argv)
     if not args.trials and not args.minutes:
         raise BadInputError("give --trials and/or --minutes")

@@ -125,7 +125,9 @@ class OnnxRuntimeAdapter(Adapter):
     name = "onnxruntime"
     source = "onnx"
     targets = ("cpu", "cuda")
-    precisions = ("fp32",)
+    #: int8: static post-training quantization to a QDQ model (:mod:`dlcbench.compilers.quantize`), calibrated on
+    #: the export's calibration batches, run with ONNX Runtime's int8 kernels.
+    precisions = ("fp32", "int8")
     Options = OnnxRuntimeOptions
 
     @classmethod
@@ -142,7 +144,15 @@ class OnnxRuntimeAdapter(Adapter):
     def _compile(self, model, options: OnnxRuntimeOptions, out_dir: Path) -> dict[str, Any]:
         import onnxruntime as ort
 
-        shutil.copyfile(model.onnx_path, out_dir / "model.onnx")
+        extra = {}
+        if options.precision == "int8":
+            from dlcbench.compilers.quantize import quantize_qdq, rebatch
+
+            static = model.meta.get("static")
+            extra["int8"] = quantize_qdq(model.onnx_path, out_dir / "model.onnx",
+                                         rebatch(model.calibration_batches(), model.batch if static else None))
+        else:
+            shutil.copyfile(model.onnx_path, out_dir / "model.onnx")
         so = _session_options(options.to_dict(), options.threads)
         # Optimising once here surfaces unsupported ops at compile time and keeps the result for inspection.
         so.optimized_model_filepath = str(out_dir / "model.optimized.onnx")
@@ -159,6 +169,7 @@ class OnnxRuntimeAdapter(Adapter):
         return {
             "files": {"model": "model.onnx", "optimized": "model.optimized.onnx"},
             "target_detail": _providers(options.target),
+            "extra": extra,
         }
 
     def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:

@@ -37,7 +37,9 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(1e-4, 1e-3, 0.999),
     "fp16": Tolerance(1e-2, 5e-2, 0.995),
     "bf16": Tolerance(2e-2, 1e-1, 0.99),
-    "int8": Tolerance(float("inf"), float("inf"), 0.99, elementwise=False, min_top1=1.0),
+    # int8 flips the odd close call: on many real rows (--inputs, a dataset model's held-out batches) a top-1
+    # agreement of 1.0 fails sound quantizations; the accuracy budget (--accuracy) is the measure that counts.
+    "int8": Tolerance(float("inf"), float("inf"), 0.99, elementwise=False, min_top1=0.98),
 }
 
 

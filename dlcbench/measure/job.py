@@ -64,6 +64,9 @@ class JobConfig:
             :class:`dlcbench.models.export.ExportConfig`).
         input_ranges: ``[low, high)`` of integer inputs (``--input-range``).
         inputs_file: An ``.npz`` of real inputs to check and time on (``--inputs``).
+        accuracy: Also measure top-1 accuracy on the held-out split of the model's dataset (``--accuracy``; zoo
+            models trained on labelled data); a drop beyond the precision's budget fails the job
+            (:mod:`dlcbench.measure.accuracy`).
     """
 
     backend: str
@@ -86,6 +89,7 @@ class JobConfig:
     input_shapes: dict[str, list[int]] | list[str] = field(default_factory=dict)
     input_ranges: dict[str, list[int]] | list[str] = field(default_factory=dict)
     inputs_file: str | None = None
+    accuracy: bool = False
 
     def __post_init__(self):
         from dlcbench.models.inputs import parse_input_ranges, parse_input_shapes
@@ -124,6 +128,10 @@ class JobResult:
     timing_end_to_end: dict[str, Any] | None = None
     #: The check cannot discriminate: some output is the same for every distinct input (not a failure).
     trivial_check: bool = False
+    #: Top-1 accuracy on labelled data (``JobConfig.accuracy``): see :func:`dlcbench.measure.accuracy.measure_accuracy`.
+    accuracy: dict[str, Any] | None = None
+    #: Why the job failed when not its output check (``accuracy_drop``); empty otherwise.
+    failure_category: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,6 +187,7 @@ class OpenJob:
         self.report = None
         self.inputs: dict[str, Any] = {}
         self.rounds: list[list[dict[str, Any]]] = []
+        self.accuracy: dict[str, Any] | None = None
 
     def check(self) -> None:
         """Loads the artifact and checks its outputs on every check batch against the reference."""
@@ -196,6 +205,11 @@ class OpenJob:
             parse_tolerance_overrides(config.tolerances), classifier=self.model.meta.get("task") == "classifier",
             inputs=join_batches([x for x, _ in batches]),
         )
+        if config.accuracy:
+            from dlcbench.measure.accuracy import measure_accuracy
+
+            self.say("measuring accuracy on the held-out split")
+            self.accuracy = measure_accuracy(self.session, self.model, config.batch, config.precision)
 
     def time_round(self, timing: TimingConfig | None = None) -> list[dict[str, Any]]:
         """Times one round of the job's region(s) (:func:`time_regions`); kept for :meth:`finish` and returned."""
@@ -218,15 +232,22 @@ class OpenJob:
                       "stats": statistics(samples, config.batch)}
             native["host_over_native"] = timing["stats"]["median_ms"] / max(native["stats"]["median_ms"], 1e-12)
         report = self.report
+        failure, category = (one_line(report.failure_message(), 2000), "") if not report.passed else ("", "")
+        if report.passed and self.accuracy and not self.accuracy["within_budget"]:
+            from dlcbench.measure.accuracy import ACCURACY_DROP, accuracy_failure
+
+            failure, category = accuracy_failure(self.accuracy, config.precision), ACCURACY_DROP
         result = JobResult(
             **_built(config, self.manifest, self.model, self.export_seconds, config.out_dir),
             check=report.to_dict(),
             timing=timing,
             timing_end_to_end=timings[1] if len(timings) > 1 else None,
             native_timing=native,
-            passed=report.passed,
-            failure_message=one_line(report.failure_message(), 2000) if not report.passed else "",
+            passed=report.passed and not category,
+            failure_message=failure,
             trivial_check=report.trivial_check,
+            accuracy=self.accuracy,
+            failure_category=category,
         )
         (config.out_dir / "result.json").write_text(jsonio.dumps(result.to_dict(), indent=2, default=str))
         return result
@@ -394,6 +415,10 @@ def format_summary(result: JobResult) -> str:
         _spread_text(stats),
     ]
     lines += _region_lines(result)
+    if result.accuracy:
+        a = result.accuracy
+        lines.append(f"accuracy  top-1 {a['top1'] * 100:.2f}% (Keras {a['reference_top1'] * 100:.2f}%) on {a['rows']} "
+                     f"held-out {a['dataset']} rows; drop {a['drop_points']:.2f} points (budget {a['budget_points']:g})")
     if result.native_timing:
         n = result.native_timing
         lines.append(

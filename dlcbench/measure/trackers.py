@@ -164,6 +164,10 @@ register_tracker(Tracker("latency_end_to_end", "ms", "median latency of one infe
                          "region (numpy in, numpy out)", _host_latency_of("end_to_end")))
 register_tracker(Tracker("latency_native", "ms", "median latency on the backend's own timer, where it has one",
                          _native_latency))
+_scalar("accuracy_top1", "fraction", "top-1 accuracy on the held-out split of the model's dataset (--accuracy)",
+        lambda r: (r.get("accuracy") or {}).get("top1"))
+_scalar("accuracy_reference_top1", "fraction", "the Keras model's own top-1 accuracy on the same rows",
+        lambda r: (r.get("accuracy") or {}).get("reference_top1"))
 _scalar("compile_time", "s", "seconds to compile the artifact (tuning included)", lambda r: r.get("compile_seconds"))
 _scalar("tuning_time", "s", "seconds of TVM tuning inside the compile",
         lambda r: ((r.get("manifest") or {}).get("extra") or {}).get("tuning_seconds"))
@@ -183,7 +187,8 @@ def job_row(result: dict[str, Any]) -> dict[str, Any]:
     passed = bool(result.get("passed"))
     return {
         "status": "ok" if passed else "failed",
-        "category": None if passed else ((result.get("check") or {}).get("category") or "accuracy_fail"),
+        "category": None if passed else (result.get("failure_category") or (result.get("check") or {}).get("category")
+                                         or "accuracy_fail"),
         "message": result.get("failure_message") or None,
         "check_metrics": result.get("check"), "manifest": result.get("manifest"),
         "metrics": [m.to_dict() for m in collect_metrics(result)],

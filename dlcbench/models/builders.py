@@ -112,3 +112,35 @@ def build_gpt(seed=0, layers=4, hidden=256, heads=4, ffn=1024, seq_len=128, voca
     last = LastToken(name="last_token")(x)
     out = keras.layers.Dense(vocab, name="logits")(last)
     return _finish(keras.Model(ids, out, name="gpt"), seed)
+
+
+def _train(model: keras.Model, split, epochs: int, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(split.x_train, split.y_train, batch_size=64, epochs=epochs, shuffle=True, verbose=0)
+    return model
+
+
+def build_digits_mlp(seed: int = 0, hidden: int = 64, epochs: int = 40) -> keras.Model:
+    """An MLP on the 64 pixels of scikit-learn's digits, trained on the fixed training split."""
+    from dlcbench.models.datasets import digits
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((64,), name="input")
+    x = keras.layers.Dense(hidden, activation="relu")(inp)
+    out = keras.layers.Dense(10, activation="softmax", name="probs")(x)
+    return _train(keras.Model(inp, out, name="digits_mlp"), digits((64,)), epochs, seed)
+
+
+def build_digits_cnn(seed: int = 0, width: int = 16, epochs: int = 30) -> keras.Model:
+    """A small conv net on the 8x8x1 digits images, trained on the fixed training split."""
+    from dlcbench.models.datasets import digits
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 8, 1), name="input")
+    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.Conv2D(2 * width, 3, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    out = keras.layers.Dense(10, activation="softmax", name="probs")(x)
+    return _train(keras.Model(inp, out, name="digits_cnn"), digits((8, 8, 1)), epochs, seed)

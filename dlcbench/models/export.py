@@ -149,6 +149,22 @@ class ExportedModel:
         with np.load(self.directory / "reference.npz") as data:
             return {k: data[k] for k in data.files}
 
+    def labelled(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(inputs, labels)`` of the held-out split of a model trained on a dataset (``meta['dataset']``), else None."""
+        if not self.meta.get("dataset"):
+            return None
+        with np.load(self.directory / "labelled.npz") as data:
+            return data["inputs"], data["labels"]
+
+    def calibration_batches(self, limit: int = 32) -> list[dict[str, np.ndarray]]:
+        """Inputs to calibrate int8 quantization on: a dataset model's training rows (``calibration.npz``, one
+        batch), else the sample and check batches (random or ``--inputs`` data)."""
+        path = self.directory / "calibration.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                return [{k: data[k] for k in data.files}]
+        return [inputs for inputs, _ in self.check_batches()][:limit]
+
     def check_batches(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
         """``(inputs, reference)`` of the sample batch, then of each extra check batch (see :data:`MIN_CHECK_ROWS`)."""
         batches = [(self.inputs(), self.reference())]
@@ -642,6 +658,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
     task = spec.task if spec else "generic"
     keras_rel: str | None = None
     upgraded: list[str] = []
+    split = None  # a dataset model's labelled data
     if kind == "onnx":
         model_proto = load_onnx(Path(cfg.model))
         upgraded = upgrade_legacy(model_proto)
@@ -681,6 +698,10 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
             model = spec.build(params, seed=cfg.seed)
             specs = _resolve(_zoo_declared(spec.input_specs(params)), cfg, cfg.model)
             _, output_names = _keras_io(model)
+            if spec.dataset:
+                from dlcbench.models.datasets import load_split
+
+                split = load_split(spec.dataset, specs[0].shape)
 
         def framework(batch):
             feed = [batch[s.name] for s in specs]
@@ -703,6 +724,8 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
 
     if cfg.inputs_file:  # the user's rows, batch by batch
         batches = data_batches(load_input_data(cfg.inputs_file, _declared_of(specs), cfg.batch, cfg.model), cfg.batch)
+    elif split is not None:  # held-out images of the dataset the model was trained on
+        batches = data_batches({specs[0].name: split.x_test}, cfg.batch)
     else:  # the sample batch, then the extra check batches (seeded apart) that give the check distinct inputs
         batches = [sample_inputs(specs, cfg.batch, cfg.seed)] + [
             sample_inputs(specs, cfg.batch, check_seed(cfg.seed, i)) for i in range(1, extra_check_batches(cfg.batch) + 1)]
@@ -732,6 +755,17 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
         model_proto = folded_proto
         folded = True
 
+    dataset = None
+    if split is not None:
+        from dlcbench.models.datasets import CALIBRATION_ROWS, top1
+
+        np.savez(out / "labelled.npz", inputs=split.x_test, labels=split.y_test)
+        np.savez(out / "calibration.npz", **{specs[0].name: split.x_train[:CALIBRATION_ROWS]})
+        scores = np.concatenate([np.asarray(model(split.x_test[i:i + 256], training=False))
+                                 for i in range(0, len(split.x_test), 256)])
+        dataset = {"name": spec.dataset, "description": split.description, "test_rows": int(len(split.y_test)),
+                   "calibration_rows": int(min(CALIBRATION_ROWS, len(split.x_train))),
+                   "reference_top1": top1(scores, split.y_test)}
     np.savez(out / "inputs.npz", **inputs)
     np.savez(out / "reference.npz", **reference)
     if len(batches) > 1:
@@ -758,6 +792,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
         "check_batches": len(batches) - 1,
         "inputs": describe(specs, cfg.batch if cfg.static else None),
         "upgraded": upgraded,
+        "dataset": dataset,
         "input_data": ({"file": cfg.inputs_file, "sha256": file_digest(Path(cfg.inputs_file)),
                         "batches": len(batches)} if cfg.inputs_file else None),
         "outputs": [

@@ -73,6 +73,8 @@ class ModelSpec:
         inputs: Function from resolved params to the model's input specs.
         presets: Parameter sets by preset name; ``tiny`` exports in seconds.
         task: ``classifier`` when outputs are class scores (enables top-k checks).
+        dataset: The labelled dataset it is trained on when built (:mod:`dlcbench.models.datasets`), if any: its
+            exports carry the held-out split, so ``--accuracy`` can measure top-1 accuracy.
     """
 
     name: str
@@ -82,6 +84,7 @@ class ModelSpec:
     presets: Mapping[str, Mapping[str, Any]]
     task: str = "generic"
     checks: tuple[Callable[[Mapping[str, Any]], str | None], ...] = field(default=())
+    dataset: str | None = None
 
     def resolve_params(self, preset: str = "default", overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Returns validated parameters: the preset updated with ``overrides``.
@@ -200,6 +203,24 @@ _ZOO: dict[str, ModelSpec] = {
             },
             task="classifier",
             checks=(_divisible_heads,),
+        ),
+        ModelSpec(
+            name="digits-mlp",
+            description="MLP trained on scikit-learn's 8x8 digits (64 pixels -> Dense relu -> 10 classes)",
+            builder="dlcbench.models.builders:build_digits_mlp",
+            inputs=lambda p: [InputSpec("input", (64,))],
+            presets={"tiny": {"hidden": 32, "epochs": 30}, "default": {"hidden": 64, "epochs": 40}},
+            task="classifier",
+            dataset="digits",
+        ),
+        ModelSpec(
+            name="digits-cnn",
+            description="conv net trained on scikit-learn's 8x8x1 digits",
+            builder="dlcbench.models.builders:build_digits_cnn",
+            inputs=lambda p: [InputSpec("input", (8, 8, 1))],
+            presets={"tiny": {"width": 8, "epochs": 20}, "default": {"width": 16, "epochs": 30}},
+            task="classifier",
+            dataset="digits",
         ),
     ]
 }

@@ -59,7 +59,7 @@ class ExperimentConfig:
             after the other. K >= 2: the backends of a point are built, then timed in K alternating rounds, each
             in its own worker kept alive (:func:`dlcbench.orchestrate.launcher.run_interleaved`), so drift hits
             them alike; per-round medians are stored.
-        input_shapes, input_ranges, inputs_file: Applied to every model of the matrix
+        input_shapes, input_ranges, inputs_file, accuracy: Applied to every model of the matrix
             (:class:`dlcbench.measure.job.JobConfig`); a name a model lacks fails that model's jobs.
 
     Validation happens here, for the whole matrix at once: repeated models, backends and batches are
@@ -92,6 +92,7 @@ class ExperimentConfig:
     input_shapes: dict[str, list[int]] | list[str] = field(default_factory=dict)
     input_ranges: dict[str, list[int]] | list[str] = field(default_factory=dict)
     inputs_file: str | None = None
+    accuracy: bool = False
 
     def __post_init__(self):
         from dlcbench.compilers.base import PRECISIONS, TARGETS
@@ -176,6 +177,7 @@ class ExperimentConfig:
             JobConfig(backend=b, model=m, preset=self.preset, target=self.target, precision=self.precision,
                       batch=n, threads=t, timing=self.timing, region=self.region,
                       input_shapes=self.input_shapes, input_ranges=self.input_ranges, inputs_file=self.inputs_file,
+                      accuracy=self.accuracy,
                       out_dir=self.out_root / self.name / f"{Path(m).stem}-{b}-b{n}{f'-t{t}' if sweep else ''}")
             for m in self.models for t in self.threads for n in self.batches for b in self.backends
         ]

@@ -15,7 +15,7 @@ build on :func:`start_worker`, :func:`wait_worker`, :func:`end_group` and :func:
   process is gone, ends the worker groups and removes the directories still registered with it.
 
 Experiment rows carry a category: ``unavailable``, ``export_error``, ``compile_error``,
-``unsupported_op``, ``runtime_error``, ``crash``, ``timeout``, ``accuracy_fail``, ``invalid_reference``
+``unsupported_op``, ``runtime_error``, ``crash``, ``timeout``, ``accuracy_fail``, ``accuracy_drop`` (top-1 accuracy beyond its budget), ``invalid_reference``
 (the reference holds NaN/Inf, so the check cannot tell right from wrong) and ``bad_input``.
 
 This module imports only the standard library and :mod:`dlcbench.errors` at module level (it also serves

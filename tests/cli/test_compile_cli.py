@@ -73,7 +73,7 @@ def test_unsupported_op_names_the_op(celu_model, tmp_path):
         (["--backend", "tvm", "--model", "mlp", "--target", "tpu"], ExitCode.BAD_INPUT, ["valid: cpu, cuda"]),
         (["--backend", "trt", "--model", "mlp", "--target", "cuda"], ExitCode.UNAVAILABLE, ["trt is not available", "install:"]),
         (["--backend", "tftrt", "--model", "mlp", "--target", "cuda"], ExitCode.UNAVAILABLE, ["2.18"]),
-        (["--backend", "onnxruntime", "--model", "mlp", "--precision", "int8"], ExitCode.BAD_INPUT, ["int8", "valid: fp32"]),
+        (["--backend", "onnxruntime", "--model", "mlp", "--precision", "fp16"], ExitCode.BAD_INPUT, ["fp16", "valid: fp32, int8"]),
         (["--backend", "onnxruntime", "--model", "mlp", "--threads", "0"], ExitCode.BAD_INPUT, ["threads"]),
         (["--backend", "onnxruntime", "--model", "mlp", "--batch", "0"], ExitCode.BAD_INPUT, ["batch"]),
         (["--backend", "onnxruntime", "--model", "nope"], ExitCode.BAD_INPUT, ["unknown model", "valid: mlp"]),

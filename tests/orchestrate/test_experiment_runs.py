@@ -79,7 +79,7 @@ def test_relative_model_paths_repeats_and_artifacts_follow_the_callers_directory
 
 @pytest.mark.parametrize("args, fragment", [
     (["--precision", "fp64"], "unknown precision 'fp64'"),
-    (["--precision", "int8"], "no backend of the matrix has precision int8"),
+    (["--precision", "fp16"], "no backend of the matrix has precision fp16"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--target", "tpu"], "unknown target 'tpu'"),
     (["--batch", "1,0"], "positive"),

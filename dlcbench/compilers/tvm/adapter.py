@@ -269,7 +269,10 @@ class TvmAdapter(Adapter):
     name = "tvm"
     source = "onnx-folded"
     targets = ("cpu", "cuda")
-    precisions = ("fp32",)
+    #: fp16: ``relax.transform.ToMixedPrecision`` (fp16 compute, fp32 accumulation; slow on CPUs without fp16
+    #: arithmetic). int8: the ONNX Runtime QDQ model (:mod:`dlcbench.compilers.quantize`), which TVM 0.27 imports as
+    #: dequantize -> float op -> quantize: int8 emulated in float, no int8 arithmetic (the manifest says so).
+    precisions = ("fp32", "fp16", "int8")
     Options = TvmOptions
 
     @staticmethod
@@ -293,9 +296,26 @@ class TvmAdapter(Adapter):
     def _compile(self, model, options: TvmOptions, out_dir: Path) -> dict[str, Any]:
         import onnx
 
-        onnx_model = onnx.load(str(model.onnx_path))
+        precision_note: dict[str, Any] = {}
+        source = model.onnx_path
+        if options.precision == "int8":
+            from dlcbench.compilers.quantize import quantize_qdq, rebatch
+
+            source = out_dir / "model.qdq.onnx"
+            precision_note["int8"] = {
+                **quantize_qdq(model.onnx_path, source, rebatch(model.calibration_batches(), model.batch)),
+                "arithmetic": "emulated in float: TVM 0.27 imports QDQ as dequantize -> float op -> quantize "
+                              "(no int8 kernels)"}
+        onnx_model = onnx.load(str(source))
+        if source != model.onnx_path:
+            source.unlink()
         shapes = self.input_shapes(model, options)
         mod, params = import_onnx(onnx_model, shapes, options.separate_params)
+        if options.precision == "fp16":
+            from tvm import relax
+
+            mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
+            precision_note["fp16"] = "relax.transform.ToMixedPrecision: fp16 compute, fp32 accumulation"
         if options.target == "cuda":
             from dlcbench.compilers.tvm.cuda import compile_cuda, device_code_archs
 
@@ -323,7 +343,7 @@ class TvmAdapter(Adapter):
         if options.separate_params:
             np.savez(out_dir / "params.npz", *params)
             files["params"] = "params.npz"
-        return {"files": files, "target_detail": target_detail, "extra": extra}
+        return {"files": files, "target_detail": target_detail, "extra": {**extra, **precision_note}}
 
     def _compile_cpu(self, mod, options: TvmOptions):
         import tvm
