@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated zoo names or model paths (relative to the current directory)")
     parser.add_argument("--backends", required=True, help="comma-separated backend names")
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
-    parser.add_argument("--precision", default="fp32", help="fp32, fp16, bf16 or int8 (default: fp32)")
+    parser.add_argument("--precision", default="fp32",
+                        help="comma-separated precisions: fp32, fp16, bf16, int8; with several, each backend runs "
+                             "those it has (default: fp32)")
     parser.add_argument("--threads", default="1",
                         help="comma-separated thread counts, each applied to every backend: a sweep is one experiment "
                              "(default: 1)")

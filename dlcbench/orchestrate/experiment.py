@@ -41,7 +41,8 @@ class ExperimentConfig:
         models: Zoo names or model paths.
         backends: Registered backend names.
         batches: Batch sizes.
-        precision: One precision for the whole comparison.
+        precision: Precision(s) (one or a list, ``"fp32,int8"`` too): each is a point of the matrix for every backend
+            that has it (a backend without it is left out of that precision's jobs).
         threads: Thread counts (one count or a list, ``"1,2"`` too), each applied to every backend by its own
             mechanism; each count is a point of the matrix (a thread sweep is one experiment).
         preset: Zoo preset.
@@ -76,7 +77,7 @@ class ExperimentConfig:
     models: list[str]
     backends: list[str]
     batches: list[int] = field(default_factory=lambda: [1])
-    precision: str = "fp32"
+    precision: str | list[str] = "fp32"
     threads: int | list[int] = 1
     preset: str = "default"
     target: str = "cpu"
@@ -130,8 +131,12 @@ class ExperimentConfig:
             raise BadInputError(f"--interleave takes a number of rounds >= 1 (1: no interleaving), got {self.interleave}")
         if self.db_wait is not None and not self.db_wait >= 0:
             raise BadInputError(f"the database wait must be >= 0 seconds, got {self.db_wait}")
-        if self.precision not in PRECISIONS:
-            raise BadInputError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        self.precision = split_list(self.precision) if isinstance(self.precision, (str, list, tuple)) else []
+        if not self.precision:
+            raise BadInputError(f"give at least one precision; valid: {', '.join(PRECISIONS)}")
+        for precision in self.precision:
+            if precision not in PRECISIONS:
+                raise BadInputError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.target not in TARGETS:
             raise BadInputError(f"unknown target {self.target!r}; valid: {', '.join(TARGETS)}")
         if self.preset not in PRESETS:
@@ -142,7 +147,7 @@ class ExperimentConfig:
                 classes[backend] = get_adapter_class(backend)
             except BackendUnavailableError:  # a plugin that fails to import: its jobs record `unavailable`
                 continue
-        for what, value in (("precision", self.precision), ("target", self.target)):
+        for what, value in [*(("precision", p) for p in self.precision), ("target", self.target)]:
             if classes and not any(value in getattr(cls, what + "s") for cls in classes.values()):
                 can = "; ".join(f"{b}: {', '.join(getattr(cls, what + 's'))}" for b, cls in classes.items())
                 raise BadInputError(f"no backend of the matrix has {what} {value} ({can})")
@@ -167,19 +172,23 @@ class ExperimentConfig:
         self.backends = _unique(self.backends, "backend", self.repeated)
         self.batches = _unique(self.batches, "batch", self.repeated)
         self.threads = _unique(self.threads, "thread count", self.repeated)
+        self.precision = _unique(self.precision, "precision", self.repeated)
+        self._precisions_of = {b: getattr(cls, "precisions", ()) for b, cls in classes.items()}
         self.db, self.out_root = Path(self.db), Path(os.path.abspath(self.out_root))
 
     def jobs(self) -> list[JobConfig]:
-        """The matrix as job configs: models outermost, then thread counts, batches, backends (the backends of
-        one point run one after another)."""
-        sweep = len(self.threads) > 1
+        """The matrix as job configs: models outermost, then thread counts, batches, precisions, backends (the
+        backends of one point run one after another). With several precisions, a backend joins only those it has."""
+        sweep, several = len(self.threads) > 1, len(self.precision) > 1
         return [
-            JobConfig(backend=b, model=m, preset=self.preset, target=self.target, precision=self.precision,
+            JobConfig(backend=b, model=m, preset=self.preset, target=self.target, precision=p,
                       batch=n, threads=t, timing=self.timing, region=self.region,
                       input_shapes=self.input_shapes, input_ranges=self.input_ranges, inputs_file=self.inputs_file,
                       accuracy=self.accuracy,
-                      out_dir=self.out_root / self.name / f"{Path(m).stem}-{b}-b{n}{f'-t{t}' if sweep else ''}")
-            for m in self.models for t in self.threads for n in self.batches for b in self.backends
+                      out_dir=self.out_root / self.name / (f"{Path(m).stem}-{b}-b{n}{f'-t{t}' if sweep else ''}"
+                                                           f"{f'-{p}' if several else ''}"))
+            for m in self.models for t in self.threads for n in self.batches for p in self.precision
+            for b in self.backends if not several or p in self._precisions_of.get(b, (p,))
         ]
 
 
@@ -284,6 +293,7 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
 def _label(job: JobConfig, config: ExperimentConfig, point: bool = False) -> str:
     """``model/backend/bBATCH[/tTHREADS]`` (without the backend for a whole point)."""
     label = f"{Path(job.model).stem}{'' if point else '/' + job.backend}/b{job.batch}"
+    label += f"/{job.precision}" if len(config.precision) > 1 and not point else ""
     return label + (f"/t{job.threads}" if len(config.threads) > 1 else "")
 
 

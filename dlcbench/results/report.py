@@ -33,9 +33,12 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def series(row: dict[str, Any]) -> str:
-    """The plotted series of a row: the backend, with its target when not the CPU (``tvm@cuda``)."""
+    """The plotted series of a row: the backend, with its target when not the CPU (``tvm@cuda``) and its precision
+    when not fp32 (``onnxruntime[int8]``)."""
     target = row.get("target") or "cpu"
-    return row["backend"] if target == "cpu" else f"{row['backend']}@{target}"
+    precision = row.get("precision") or "fp32"
+    name = row["backend"] if target == "cpu" else f"{row['backend']}@{target}"
+    return name if precision == "fp32" else f"{name}[{precision}]"
 
 
 def _cpu_threads(row: dict[str, Any]) -> int | None:
@@ -349,7 +352,61 @@ def _speedup_lines(rows, baseline: str) -> list[str]:
     return lines + [""]
 
 
-REPORT_FILES = ("report.md", "latency.png", "speedup.png", "scaling.png", "roofline.png")
+REPORT_FILES = ("report.md", "latency.png", "speedup.png", "scaling.png", "roofline.png", "accuracy.png")
+
+
+def accuracy_rows(rows) -> list[dict[str, Any]]:
+    """Rows with a measured top-1 accuracy and a latency (``--accuracy`` jobs that ran)."""
+    return [r for r in rows if value_of(r, "accuracy_top1") is not None and value_of(r, "latency") is not None]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, accuracy) points no other point beats on both (lower latency, higher accuracy)."""
+    return [i for i, (lat, acc) in enumerate(points)
+            if not any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for l2, a2 in points)]
+
+
+def plot_accuracy(rows, path: Path) -> None:
+    """Per model, top-1 accuracy against median latency for every backend x precision, the Pareto front joined
+    and the Keras model's accuracy as a line."""
+    plt = _plt()
+    models = sorted({_label(r) for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if _label(r) == model]
+        points = [(value_of(r, "latency"), value_of(r, "accuracy_top1") * 100) for r in mine]
+        for r, (lat, acc) in zip(mine, points):
+            ax.scatter([lat], [acc])
+            ax.annotate(f"{series(r)} b{r['batch']}", (lat, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = sorted(points[i] for i in pareto_front(points))
+        if len(front) > 1:
+            ax.plot(*zip(*front), "--", color="grey", linewidth=1, label="Pareto front")
+        reference = value_of(mine[0], "accuracy_reference_top1")
+        if reference is not None:
+            ax.axhline(reference * 100, color="black", linewidth=0.8, label="Keras")
+        ax.set_xscale("log")
+        ax.set_xlabel("median latency (ms, log)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(model)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _accuracy_lines(rows) -> list[str]:
+    lines = ["## Accuracy against latency", "",
+             "Top-1 on the held-out split (the Keras model's own in the last column); `*` marks the Pareto front "
+             "of each model (nothing both faster and more accurate).", "",
+             "| model | batch | backend | latency ms | top-1 % | Keras top-1 % | Pareto |", "|---|---|---|---|---|---|---|"]
+    for model in sorted({_label(r) for r in rows}):
+        mine = [r for r in rows if _label(r) == model]
+        front = set(pareto_front([(value_of(r, "latency"), value_of(r, "accuracy_top1")) for r in mine]))
+        for i, r in sorted(enumerate(mine), key=lambda item: value_of(item[1], "latency")):
+            lines.append(f"| {model} | {r['batch']} | {series(r)} | {value_of(r, 'latency'):.4f} | "
+                         f"{value_of(r, 'accuracy_top1') * 100:.2f} | {value_of(r, 'accuracy_reference_top1') * 100:.2f} "
+                         f"| {'*' if i in front else ''} |")
+    return lines + ["", "![accuracy](accuracy.png)", ""]
 
 
 def _report_files(directory: Path) -> Owned | None:
@@ -414,6 +471,11 @@ def _write_report_files(db: Path, experiment: str, out_dir: Path, baseline: str 
         region_sections += [f"### {REGION_TITLES[region]}", "",
                             *(line for n in shown for line in (f"![{n[:-4]}]({n})", "")),
                             *([] if has_baseline else [f"({baseline} has no {region} figures: no speedups here.)", ""])]
+    accuracy_sections = []
+    scored = accuracy_rows(views.get("resident") or next(iter(views.values())))
+    if scored:
+        plot_accuracy(scored, out_dir / "accuracy.png")
+        accuracy_sections = _accuracy_lines(scored)
     failures = [r for r in rows if r["status"] != "ok"]
     unstable = [r for r in good if _unstable(r)]
     machines = []
@@ -436,6 +498,7 @@ def _write_report_files(db: Path, experiment: str, out_dir: Path, baseline: str 
         "columns are the resident region (or a region not recorded), `latency_end_to_end_*` the end-to-end one.", "",
         "## Results", "", table, "",
         *speedup_sections,
+        *accuracy_sections,
         "## Plots", "", *region_sections,
     ]
     if failures:
