@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from dlcbench.errors import BackendRuntimeError, BadInputError, CompileError, UnsupportedOpError, one_line
+from dlcbench.errors import (BackendRuntimeError, BackendUnavailableError, BadInputError, CompileError,
+                             UnsupportedOpError, one_line)
 
 from dlcbench.compilers.base import Adapter, Availability, CompileOptions, Manifest, Session, check_imports, package_version
 
@@ -214,6 +215,28 @@ def _as_tensor(value: np.ndarray):
     return torch.from_numpy(np.asarray(value, order="C"))
 
 
+def _numpy(tensor):
+    """A tensor as numpy; bf16 (which numpy lacks) as float32."""
+    import torch
+
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+#: CPU flags of native bf16 arithmetic (without them PyTorch emulates bf16, slower than fp32).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The :data:`BF16_CPU_FLAGS` this CPU has (Linux ``/proc/cpuinfo``; none elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
 class TorchSession(Session):
     """Runs the converted module eagerly, or its ``torch.compile`` wrapper.
 
@@ -233,7 +256,8 @@ class TorchSession(Session):
     def _call(self, args):
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                    enabled=self.manifest.precision == "bf16"):
             result = self._module(*args)
         values = list(result) if isinstance(result, (list, tuple)) else [result]
         return values
@@ -244,7 +268,7 @@ class TorchSession(Session):
             raise BadInputError(f"missing input(s) {', '.join(missing)}; expected {', '.join(self._input_names)}")
         try:
             values = self._call([_as_tensor(inputs[n]) for n in self._input_names])
-            return {name: v.detach().cpu().numpy() for name, v in zip(self.output_names, values)}
+            return {name: _numpy(v) for name, v in zip(self.output_names, values)}
         except Exception as err:
             raise BackendRuntimeError(f"{self._backend} run failed: {type(err).__name__}: {one_line(err, 300)}") from None
 
@@ -268,7 +292,9 @@ class TorchAdapter(Adapter):
     name = "torch"
     source = "onnx"
     targets = ("cpu",)
-    precisions = ("fp32",)
+    #: bf16: ``torch.autocast("cpu", dtype=torch.bfloat16)`` around the call, on CPUs with native bf16 only
+    #: (:data:`BF16_CPU_FLAGS`; elsewhere it is refused rather than emulated).
+    precisions = ("fp32", "bf16")
     Options = CompileOptions
     requires = ("torch", "onnx2torch")
     install_hint = INSTALL_HINT
@@ -295,6 +321,9 @@ class TorchAdapter(Adapter):
         import torch
 
         _set_threads(options.threads)
+        if options.precision == "bf16" and not cpu_bf16_flags():
+            raise BackendUnavailableError(f"{self.name} bf16 needs a CPU with native bf16 ({' or '.join(BF16_CPU_FLAGS)}); "
+                                          "this one has neither and would emulate it")
         module, extra = self._convert(model, options)
         torch.save(module, out_dir / "model.pt")
         return {"files": {"module": "model.pt"}, "target_detail": {"device": "cpu", "torch": package_version("torch")},
@@ -353,6 +382,7 @@ class InductorAdapter(TorchAdapter):
 
     name = "inductor"
     source = "onnx-folded"
+    precisions = ("fp32",)
     Options = InductorOptions
 
     @classmethod

@@ -96,3 +96,18 @@ def test_accuracy_needs_labelled_data(tmp_path):
                           "mlp", "--preset", "tiny", "--accuracy", "--out", str(tmp_path / "p")],
                          capture_output=True, text=True, timeout=300)
     assert_one_line_error(run, 2, "labelled data")
+
+
+def test_torch_bf16_runs_only_where_the_cpu_has_native_bf16(tmp_path):
+    from dlcbench.compilers.torch_adapter import cpu_bf16_flags
+    from dlcbench.errors import BackendUnavailableError
+
+    job = JobConfig(backend="torch", model="digits-mlp", preset="tiny", precision="bf16", threads=1, batch=8,
+                    accuracy=True, out_dir=tmp_path / "torch-bf16", timing=QUICK)
+    if not cpu_bf16_flags():
+        with pytest.raises(BackendUnavailableError, match="needs a CPU with native bf16"):
+            run_job(job)
+        return
+    result = run_job(job)
+    assert result.passed, result.failure_message
+    assert result.accuracy["drop_points"] <= BUDGET_POINTS["bf16"]
