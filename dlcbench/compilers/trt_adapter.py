@@ -513,7 +513,9 @@ class TensorRTAdapter(Adapter):
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
             dtypes[tensor.name] = np.dtype(trt.nptype(tensor.dtype))
-        samples = model.inputs()
+        # A dataset model's training rows, else the sample and check inputs (ExportedModel.calibration_batches).
+        calibration = model.calibration_batches()
+        samples = {n: np.concatenate([b[n] for b in calibration]) for n in calibration[0]} if calibration else {}
         missing = sorted(set(dtypes) - set(samples))
         if missing:
             raise CompileError(f"no calibration data for input(s) {', '.join(missing)}")
