@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="report directory (default: reports/EXPERIMENT); an existing one is replaced only if "
                              "it is empty or an earlier report")
-    parser.add_argument("--baseline", default=None, help="backend the speedups are relative to (default: onnxruntime)")
+    parser.add_argument("--baseline", default=None, help="series the speedups are relative to: a backend, BACKEND@TARGET off the CPU, BACKEND[PRECISION] "
+                             "off fp32; a backend with one precision in the experiment may be named alone "
+                             "(default: onnxruntime)")
     parser.add_argument("--export", choices=["csv", "json", "md"], help="print the rows in this format instead")
     args = parser.parse_args(argv)
     from dlcbench.errors import BadInputError

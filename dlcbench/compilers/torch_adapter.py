@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import types
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,8 +257,10 @@ class TorchSession(Session):
     def _call(self, args):
         import torch
 
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
-                                                    enabled=self.manifest.precision == "bf16"):
+        # fp32 enters no autocast context at all: its few microseconds per call would be timed.
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.manifest.precision == "bf16"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
             result = self._module(*args)
         values = list(result) if isinstance(result, (list, tuple)) else [result]
         return values

@@ -306,8 +306,9 @@ def round_timing(timing: TimingConfig, rounds: int) -> TimingConfig:
     """The timing of one of ``rounds`` interleaved rounds: the minimums and caps shared out between the rounds
     (warm-up and the interval target kept: each round warms up again and sharpens its own median)."""
     positive_int("rounds", rounds)
-    return replace(timing, min_iters=max(1, -(-timing.min_iters // rounds)), min_seconds=timing.min_seconds / rounds,
-                   max_seconds=timing.max_seconds / rounds, max_iters=max(1, timing.max_iters // rounds))
+    min_iters = max(1, -(-timing.min_iters // rounds))
+    return replace(timing, min_iters=min_iters, min_seconds=timing.min_seconds / rounds,
+                   max_seconds=timing.max_seconds / rounds, max_iters=max(min_iters, -(-timing.max_iters // rounds)))
 
 
 def pool_rounds(rounds: list[list[dict[str, Any]]], timing: TimingConfig, batch: int) -> list[dict[str, Any]]:

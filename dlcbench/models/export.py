@@ -702,6 +702,9 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
                 from dlcbench.models.datasets import load_split
 
                 split = load_split(spec.dataset, specs[0].shape)
+                if cfg.batch > len(split.x_test):
+                    raise BadInputError(f"{cfg.model} has {len(split.x_test)} held-out rows: its batch can be at most "
+                                        f"{len(split.x_test)}, not {cfg.batch}")
 
         def framework(batch):
             feed = [batch[s.name] for s in specs]

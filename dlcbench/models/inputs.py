@@ -161,8 +161,20 @@ def resolve_inputs(declared: list[DeclaredInput], batch: int, shapes: dict[str, 
     _unknown(ranges, names, "--input-range", label)
     for name, value in (data or {}).items():
         shapes.setdefault(name, (batch, *value.shape[1:]))
+    if not declared and batch != 1:
+        raise BadInputError(f"{label}: the model takes no input, so it has no batch: run it at batch 1")
+    for name in ranges:
+        dtype = next(d.dtype for d in declared if d.name == name)
+        if not np.issubdtype(np.dtype(dtype), np.integer):
+            raise BadInputError(f"{label}: --input-range {name}: the input is {dtype}; ranges apply to integer inputs")
     specs, open_dims = [], []
     for d in declared:
+        if not d.dims:
+            raise BadInputError(f"{label}: input {d.name} is a scalar; dlcbench feeds every input with a leading "
+                                "batch dimension")
+        if d.dims[0] is not None and d.dims[0] != batch:
+            raise BadInputError(f"{label}: the leading dimension of {d.name} is fixed at {d.dims[0]}, not the batch "
+                                f"{batch}; dlcbench takes every input's leading dimension as the batch")
         given = shapes.get(d.name)
         if given is not None:
             if len(given) != len(d.dims):

@@ -183,8 +183,8 @@ class ExperimentConfig:
         return [
             JobConfig(backend=b, model=m, preset=self.preset, target=self.target, precision=p,
                       batch=n, threads=t, timing=self.timing, region=self.region,
-                      input_shapes=self.input_shapes, input_ranges=self.input_ranges, inputs_file=self.inputs_file,
-                      accuracy=self.accuracy,
+                      input_shapes={k: [n, *v[1:]] for k, v in self.input_shapes.items()},  # each job's own batch
+                      input_ranges=self.input_ranges, inputs_file=self.inputs_file, accuracy=self.accuracy,
                       out_dir=self.out_root / self.name / (f"{Path(m).stem}-{b}-b{n}{f'-t{t}' if sweep else ''}"
                                                            f"{f'-{p}' if several else ''}"))
             for m in self.models for t in self.threads for n in self.batches for p in self.precision
@@ -209,6 +209,10 @@ def job_key(job: JobConfig) -> str:
                 for f in fields(JobConfig) if f.name not in _KEY_FIELDS and f.name not in _NOT_KEY_FIELDS}
     ident = {k: v for k, v in asdict(job).items()
              if k in _KEY_FIELDS or (k in defaults and v != _plain(defaults[k]))}
+    if job.inputs_file and os.path.isfile(job.inputs_file):  # new data at the same path is a new job
+        from dlcbench.files import sha256_file
+
+        ident["inputs_file"] = [job.inputs_file, sha256_file(Path(job.inputs_file))]
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -254,7 +258,7 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
         try:
             groups: dict[tuple, list[JobConfig]] = {}
             for position, job in enumerate(todo):  # interleaved: the backends of a point (else one job) together
-                point = (job.model, job.threads, job.batch) if config.interleave > 1 else (position,)
+                point = (job.model, job.threads, job.batch, job.precision) if config.interleave > 1 else (position,)
                 groups.setdefault(point, []).append(job)
             index = 0
             for group in groups.values():
@@ -293,7 +297,7 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
 def _label(job: JobConfig, config: ExperimentConfig, point: bool = False) -> str:
     """``model/backend/bBATCH[/tTHREADS]`` (without the backend for a whole point)."""
     label = f"{Path(job.model).stem}{'' if point else '/' + job.backend}/b{job.batch}"
-    label += f"/{job.precision}" if len(config.precision) > 1 and not point else ""
+    label += f"/{job.precision}" if len(config.precision) > 1 else ""
     return label + (f"/t{job.threads}" if len(config.threads) > 1 else "")
 
 

@@ -523,6 +523,8 @@ def run_interleaved(jobs: list[JobConfig], rounds: int, timeout_s: float, env: d
                 worker.command("", timeout_s)  # ready, or its failure row
                 say(f"    {job.backend}: {'ready' if worker.live else worker.row['category']}")
             for index in range(rounds):
+                if not any(worker.live for worker in workers):
+                    break
                 if on_round:
                     on_round(index)
                 order = workers if index % 2 == 0 else workers[::-1]
@@ -531,7 +533,8 @@ def run_interleaved(jobs: list[JobConfig], rounds: int, timeout_s: float, env: d
                     if worker.live:
                         answer = worker.command("time", timeout_s)
                         if answer:
-                            medians.append(f"{worker.job.backend} {answer['median_ms'][0]:.4f} ms")
+                            name = worker.job.backend + ("" if worker.job.precision == "fp32" else f"[{worker.job.precision}]")
+                            medians.append(f"{name} {answer['median_ms'][0]:.4f} ms")
                 say(f"    round {index + 1}/{rounds}: {', '.join(medians) or 'no live job'}")
             return [worker.finish(timeout_s) for worker in workers]
         finally:

@@ -39,6 +39,8 @@ def main(job_path: str, out_path: str, progress: bool = False, reply_fd: int | N
 
     say = (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True)) if progress else None
     debug = bool(os.environ.get("DLCBENCH_DEBUG"))
+    if reply_fd is not None:  # before the build: nothing the backend starts may hold the launcher's pipe open
+        os.set_inheritable(reply_fd, False)
     try:
         job = job_from_dict(json.loads(Path(job_path).read_text()))
         if reply_fd is None:
@@ -66,7 +68,6 @@ def _serve_rounds(opened, reply_fd: int):
     from dlcbench.measure.job import round_timing
     from dlcbench.orchestrate.launcher import ROUNDS_ENV
 
-    os.set_inheritable(reply_fd, False)  # what the backend starts must not hold the launcher's pipe open
     reply = os.fdopen(reply_fd, "w", buffering=1)
     rounds = int(json.loads(os.environ.get(ROUNDS_ENV, "1")))
     timing = round_timing(opened.config.timing, rounds)

@@ -378,9 +378,11 @@ def plot_accuracy(rows, path: Path) -> None:
         for r, (lat, acc) in zip(mine, points):
             ax.scatter([lat], [acc])
             ax.annotate(f"{series(r)} b{r['batch']}", (lat, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = sorted(points[i] for i in pareto_front(points))
-        if len(front) > 1:
-            ax.plot(*zip(*front), "--", color="grey", linewidth=1, label="Pareto front")
+        for batch in sorted({r["batch"] for r in mine}):  # latencies of different batches are not comparable
+            indices = [i for i, r in enumerate(mine) if r["batch"] == batch]
+            front = sorted(points[indices[i]] for i in pareto_front([points[i] for i in indices]))
+            if len(front) > 1:
+                ax.plot(*zip(*front), "--", color="grey", linewidth=1, label=f"Pareto front, batch {batch}")
         reference = value_of(mine[0], "accuracy_reference_top1")
         if reference is not None:
             ax.axhline(reference * 100, color="black", linewidth=0.8, label="Keras")
@@ -397,13 +399,15 @@ def plot_accuracy(rows, path: Path) -> None:
 def _accuracy_lines(rows) -> list[str]:
     lines = ["## Accuracy against latency", "",
              "Top-1 on the held-out split (the Keras model's own in the last column); `*` marks the Pareto front "
-             "of each model (nothing both faster and more accurate).", "",
-             "| model | batch | backend | latency ms | top-1 % | Keras top-1 % | Pareto |", "|---|---|---|---|---|---|---|"]
-    for model in sorted({_label(r) for r in rows}):
-        mine = [r for r in rows if _label(r) == model]
+             "of each model, batch and thread count (nothing there is both faster and more accurate).", "",
+             "| model | batch | threads | backend | latency ms | top-1 % | Keras top-1 % | Pareto |",
+             "|---|---|---|---|---|---|---|---|"]
+    groups = sorted({(_label(r), r["batch"], r.get("threads") or 0) for r in rows})
+    for model, batch, threads in groups:
+        mine = [r for r in rows if (_label(r), r["batch"], r.get("threads") or 0) == (model, batch, threads)]
         front = set(pareto_front([(value_of(r, "latency"), value_of(r, "accuracy_top1")) for r in mine]))
         for i, r in sorted(enumerate(mine), key=lambda item: value_of(item[1], "latency")):
-            lines.append(f"| {model} | {r['batch']} | {series(r)} | {value_of(r, 'latency'):.4f} | "
+            lines.append(f"| {model} | {batch} | {threads} | {series(r)} | {value_of(r, 'latency'):.4f} | "
                          f"{value_of(r, 'accuracy_top1') * 100:.2f} | {value_of(r, 'accuracy_reference_top1') * 100:.2f} "
                          f"| {'*' if i in front else ''} |")
     return lines + ["", "![accuracy](accuracy.png)", ""]
@@ -452,7 +456,11 @@ def _write_report_files(db: Path, experiment: str, out_dir: Path, baseline: str 
         raise BadInputError(f"experiment {experiment!r} has no timed job to report")
     good = [r for view in views.values() for r in view]
     backends = sorted({series(r) for r in good})
-    baseline = baseline or ("onnxruntime" if "onnxruntime" in backends else backends[0])
+    wanted = baseline or "onnxruntime"
+    if wanted not in backends:  # a backend named without its precision: its one precision in this experiment
+        same = [b for b in backends if b.startswith(f"{wanted}[")]
+        wanted = same[0] if len(same) == 1 else wanted
+    baseline = wanted if wanted in backends or baseline else backends[0]
     if baseline not in backends:
         raise BadInputError(f"baseline {baseline!r} has no results in {experiment}; valid: {', '.join(backends)}")
     region_sections, speedup_sections = [], []

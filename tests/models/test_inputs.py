@@ -189,3 +189,32 @@ def test_models_from_the_wild_run_on_the_plain_and_folded_paths(tmp_path, backen
     if make is non_batch_output_model:
         with np.load(Path(result.model["export_dir"]) / "reference.npz") as ref:
             assert ref["colmean"].shape == (4,) and ref["t"].shape == (4, 3) and ref["rowsum"].shape == (3,)
+
+
+def test_inputs_dlcbench_cannot_batch_are_refused_in_one_line(tmp_path):
+    scalar = _save(tmp_path / "scalar.onnx", [helper.make_node("Mul", ["x", "s"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+                    helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    with pytest.raises(BadInputError, match="input s is a scalar"):
+        export_model(ExportConfig(str(scalar), cache_dir=tmp_path / "cache"))
+    mixed = _save(tmp_path / "mixed.onnx", [helper.make_node("Add", ["x", "bias"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+                   helper.make_tensor_value_info("bias", TensorProto.FLOAT, [1, 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    with pytest.raises(BadInputError, match="leading dimension of bias is fixed at 1, not the batch 2"):
+        export_model(ExportConfig(str(mixed), batch=2, cache_dir=tmp_path / "cache"))
+    with pytest.raises(BadInputError, match="ranges apply to integer inputs"):
+        export_model(ExportConfig(str(conv_model(tmp_path)), input_shapes=["image=1,3,8,8"], input_ranges=["image=0,3"],
+                                  cache_dir=tmp_path / "cache"))
+    with pytest.raises(BadInputError, match="takes no input, so it has no batch"):
+        export_model(ExportConfig(str(zero_input_model(tmp_path)), batch=4, cache_dir=tmp_path / "cache"))
+
+
+def test_a_batch_sweep_gives_each_job_its_own_batch_in_the_shape(tmp_path):
+    from dlcbench.orchestrate.experiment import ExperimentConfig
+
+    model = conv_model(tmp_path)
+    config = ExperimentConfig(name="x", models=[str(model)], backends=["onnxruntime"], batches="1,8",
+                              input_shapes=["image=1,3,16,16"], db=tmp_path / "r.sqlite")
+    assert [(j.batch, j.input_shapes["image"]) for j in config.jobs()] == [(1, [1, 3, 16, 16]), (8, [8, 3, 16, 16])]

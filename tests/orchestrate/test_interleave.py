@@ -135,3 +135,8 @@ def test_compare_refuses_a_bad_round_count(tmp_path, value):
         assert_one_line_error(run, 2, "interleave")
     with pytest.raises(BadInputError, match="rounds"):
         ExperimentConfig(name="x", models=["mlp"], backends=["onnxruntime"], interleave=0)
+
+
+def test_round_timing_never_asks_for_more_than_it_allows():
+    tight = round_timing(TimingConfig(min_iters=10, max_iters=10), 3)
+    assert tight.min_iters == 4 <= tight.max_iters
