@@ -1,10 +1,16 @@
 """Find the first ONNX node whose output a backend computes beyond tolerance from ONNX Runtime.
 
-Thin CLI over :func:`dlcbench.measure.bisect.bisect`; exit 0 when every intermediate tensor matches, 1 when a node
-diverges.
+Thin CLI over :func:`dlcbench.measure.bisect.bisect`, which runs in an isolated worker (a backend that crashes or
+hangs is one line and exit 7, as for ``dlcbench compile``); exit 0 when every intermediate tensor matches, 1 when a
+node diverges.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # the worker side: first, before the slow imports, end with the launcher
+    from dlcbench.orchestrate.launcher import become_worker
+
+    become_worker()
 
 import argparse
 import contextlib
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         set_verbose()
     if not args.backend or not args.model:
         raise BadInputError("--backend and --model are required (see --help)")
-    from dlcbench.measure.bisect import BisectConfig, bisect, format_report
+    from dlcbench.measure.bisect import BisectConfig
     from dlcbench.models.inputs import parse_input_shapes
 
     if args.batch is None:
@@ -87,12 +93,72 @@ def main(argv: list[str] | None = None) -> int:
         force_export=args.force_export, max_compiles=args.max_compiles, input_shapes=args.input_shape,
         input_ranges=args.input_range, inputs_file=args.inputs,
     )
-    with _stdout_to_stderr():
-        report = bisect(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(jsonio.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
-    return ExitCode.CHECK_FAILED if report.diverged else ExitCode.OK
+    outcome = _run_isolated(config)
+    print(jsonio.dumps(outcome["report"], indent=2) if args.json else outcome["text"])
+    return ExitCode.CHECK_FAILED if outcome["diverged"] else ExitCode.OK
+
+
+def _run_isolated(config) -> dict:
+    """Runs :func:`dlcbench.measure.bisect.bisect` in a worker whose output (stdout included) goes to our stderr;
+    returns ``{"report", "text", "diverged"}`` or raises the worker's error (its message and exit code)."""
+    import json
+    import subprocess
+    from dataclasses import asdict
+
+    from dlcbench.errors import JobCrashError, JobTimeoutError
+    from dlcbench.orchestrate.launcher import WorkerError, owned_temp_dir, start_worker, wait_worker
+
+    with owned_temp_dir("dlcbench-bisect-") as tmp:
+        (tmp / "config.json").write_text(jsonio.dumps(asdict(config), default=str))
+        scratch = tmp / "tmp"
+        scratch.mkdir()
+        sys.stderr.flush()
+        proc = start_worker(["-m", "dlcbench.cli.bisect", "--worker", str(tmp / "config.json"), str(tmp / "out.json")],
+                            env={"TMPDIR": str(scratch)}, stdin=subprocess.DEVNULL, stdout=2)
+        ended, _ = wait_worker(proc, None)
+        if not (tmp / "out.json").is_file():
+            if ended.status == "timeout":
+                raise JobTimeoutError(f"the bisect of {config.backend} on {config.model} timed out")
+            raise JobCrashError(f"the bisect of {config.backend} on {config.model}: worker {ended.message} "
+                                "(its output is above)")
+        outcome = json.loads((tmp / "out.json").read_text())
+    if "error" in outcome:
+        error = outcome["error"]
+        raise WorkerError(error["message"], error["exit_code"], error["category"])
+    return outcome
+
+
+def _worker(config_path: str, out_path: str) -> int:
+    """The worker: runs the bisect of ``config_path``; writes its report, or its error with its exit code."""
+    import json
+    import traceback
+    from pathlib import Path
+
+    from dlcbench.errors import DlcbenchError, one_line
+    from dlcbench.measure.bisect import BisectConfig, bisect, format_report
+
+    try:
+        config = BisectConfig(**json.loads(Path(config_path).read_text()))
+        with _stdout_to_stderr():
+            report = bisect(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        outcome = {"report": report.to_dict(), "text": format_report(report), "diverged": report.diverged}
+    except DlcbenchError as err:
+        outcome = {"error": {"message": str(err), "exit_code": err.exit_code, "category": err.category}}
+    except Exception as err:  # what no adapter classified, reported as run_cli would
+        if os.environ.get("DLCBENCH_DEBUG"):
+            traceback.print_exc()
+        outcome = {"error": {"message": f"unexpected {type(err).__name__}: {one_line(err, 800)}",
+                             "exit_code": ExitCode.BACKEND_ERROR, "category": "runtime_error"}}
+    tmp = Path(out_path + ".tmp")
+    tmp.write_text(jsonio.dumps(outcome, default=str))
+    tmp.replace(out_path)
+    return 0
 
 
 def cli() -> None:
     """Console entry point: :func:`main` with dlcbench's one-line errors and exit codes."""
     run_cli(main)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    sys.exit(_worker(sys.argv[2], sys.argv[3]))

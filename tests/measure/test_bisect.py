@@ -155,3 +155,14 @@ def test_cli_bad_input_is_one_line_exit_two(mlp, args, code, fragments):
     proc = _bisect([mlp if a == "MODEL" else a for a in args] + ["--json"])
     assert_one_line_error(proc, code, *fragments)
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("backend, code, fragment", [("crash", ExitCode.JOB_DIED, "crashed with SIGSEGV"),
+                                                     ("raise", ExitCode.BACKEND_ERROR, "boom")])
+def test_a_backend_that_crashes_is_one_line_and_leaves_nothing_running(mlp, backend, code, fragment):
+    from dlcbench_faulty_adapters import REGISTRATION as FAULTY
+    from dlcbench_test_support import live_processes_with
+
+    proc = _bisect(["--backend", backend, "--model", mlp], DLCBENCH_BACKENDS=FAULTY, DLCBENCH_BISECT_MARK="bisect-crash")
+    assert_one_line_error(proc, code, fragment)
+    assert not live_processes_with("bisect-crash")
