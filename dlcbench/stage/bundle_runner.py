@@ -284,7 +284,8 @@ def run_item(rt: Runtime, item: dict, args, device_id: int) -> dict:
                            inputs=inputs)
     result.update(check=report.to_dict(), passed=report.passed, trivial_check=report.trivial_check,
                   failure_message="" if report.passed else one_line(report.failure_message(), 2000),
-                  timing_end_to_end=None)  # the runner times the resident region only
+                  timing_end_to_end=None,  # the runner times the resident region only
+                  accuracy=None, failure_category="")  # no labelled data travels in a bundle
 
     def once():
         main(*call_args)
