@@ -29,6 +29,16 @@ def export_cache(tmp_path_factory) -> Path:
         os.environ["DLCBENCH_CACHE"] = old
 
 
+@pytest.fixture(autouse=True)
+def _all_cpus_again():
+    """A test that loads TVM in this process pins its thread to one core (:mod:`dlcbench.cpus`); the next test's
+    subprocesses must not inherit that."""
+    yield
+    from dlcbench.cpus import restore_affinity
+
+    restore_affinity()
+
+
 @pytest.fixture(scope="session")
 def tiny_export():
     """Returns a cached function ``(name, batch=2, **kw) -> ExportedModel`` for tiny zoo models."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from dlcbench import jsonio
 from dlcbench.config import positive_int
+from dlcbench.cpus import current_cpus
 from dlcbench.compilers.base import REGIONS
 from dlcbench.models.export import names_a_file
 from dlcbench.errors import BadInputError, one_line
@@ -226,7 +227,7 @@ class OpenJob:
         timings = pool_rounds(rounds if rounds is not None else self.rounds, config.timing, config.batch)
         timing = timings[0]
         native = None
-        samples = self.session.native_time(self.inputs, repeat=max(config.timing.min_iters, 10))
+        samples = self.session.native_time(self.inputs, repeat=native_repeat(config.timing, timing["stats"]["median_ms"]))
         if samples:
             native = {"timer": self.session.native_timer_name, "samples_s": samples,
                       "stats": statistics(samples, config.batch)}
@@ -339,6 +340,14 @@ def pool_rounds(rounds: list[list[dict[str, Any]]], timing: TimingConfig, batch:
     return pooled
 
 
+def native_repeat(timing: TimingConfig, median_ms: float) -> int:
+    """How many runs a backend's native timer gets: ``max(min_iters, 10)``, fewer when that would take more than a
+    quarter of ``max_seconds`` at the host-timed median (a slow model is timed by the host clock already), never
+    fewer than 3."""
+    fits = int(timing.max_seconds / 4 / max(median_ms / 1e3, 1e-9))
+    return max(3, min(max(timing.min_iters, 10), fits))
+
+
 def time_regions(session, inputs: dict[str, Any], region: str, timing: TimingConfig, batch: int) -> list[dict[str, Any]]:
     """Times ``session`` on ``inputs`` in ``region`` (one of :data:`REGION_CHOICES`), one region after the other.
 
@@ -363,7 +372,8 @@ def time_regions(session, inputs: dict[str, Any], region: str, timing: TimingCon
             result = measure(session.run_prepared, timing, batch=batch)
         else:
             result = measure(lambda: session.run(inputs), timing, batch=batch)
-        timings.append({**result.to_dict(), "region": name, **note})
+        cpus = current_cpus()  # where it ran: a thread pinned by its backend shows here
+        timings.append({**result.to_dict(), "region": name, **note, **({"cpus": sorted(cpus)} if cpus else {})})
     return timings
 
 

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from dlcbench.cpus import restore_affinity, worker_env
 from dlcbench.errors import DlcbenchError, ExitCode, JobCrashError, JobTimeoutError, one_line
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def become_worker() -> None:
     launcher = os.environ.pop(LAUNCHER_PID_ENV, None)
     if not launcher:
         return
+    restore_affinity()  # the launcher's CPUs, not those of whichever thread started us
     if not _set_parent_death_signal(signal.SIGKILL):
         threading.Thread(target=_watch_parent, args=(int(launcher),), name="dlcbench-parent-watch",
                          daemon=True).start()
@@ -140,7 +142,7 @@ def start_worker(argv: list[str], env: dict[str, str] | None = None, **popen_kwa
         if _exiting:
             raise RuntimeError("the interpreter is exiting: no new worker")
         proc = subprocess.Popen([sys.executable, *argv], start_new_session=True,
-                                env={**os.environ, **(env or {}), LAUNCHER_PID_ENV: str(os.getpid())},
+                                env={**os.environ, **(env or {}), **worker_env(), LAUNCHER_PID_ENV: str(os.getpid())},
                                 **popen_kwargs)
         _live[proc.pid] = proc
     _janitor.register("group", proc.pid)

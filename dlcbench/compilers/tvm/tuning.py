@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dlcbench import jsonio
+from dlcbench.cpus import restore_affinity
 from dlcbench.config import cache_dir
 from dlcbench.errors import BackendUnavailableError, BadInputError, CompileError, one_line
 
@@ -463,6 +464,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
     done = 0
     if budget:
         require_tuning_deps(config.cost_model)
+        restore_affinity()  # the builder and runner pools start from this thread: all our CPUs, not a pinned one
         deadline = start + config.minutes * 60 if config.minutes else float("inf")
         # Heaviest first: with a tiny budget the big matmuls/convolutions get the trials.
         todo = sorted((i for i, t in enumerate(tasks) if not t.mod.attrs.get("tirx.is_scheduled", False)),
