@@ -22,6 +22,7 @@ COMMANDS = {
     "bundle": ("bundle", "build a self-contained bundle of TVM artifacts for a machine without TVM"),
     "import-results": ("import_results", "load a bundle's results JSON into the results database"),
     "models": ("models", "list the zoo or export a model to ONNX"),
+    "rpc": ("rpc", "start, stop or inspect a TVM RPC tracker and servers (a device farm for tuning and runs)"),
 }
 
 

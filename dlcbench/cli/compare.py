@@ -48,6 +48,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="time the backends of each (model, threads, batch) point in K alternating rounds, each "
                              "backend in its own worker kept alive, so drift hits them alike (default: 1, each job "
                              "timed alone); the timing minimums are shared out between the rounds")
+    parser.add_argument("--executor", default="local", choices=("local", "ray"),
+                        help="local: each job in a worker process here, one after the other (default); ray: each job "
+                             "(or interleaved point) as a Ray task, timings never two to a node (needs the cluster "
+                             "extra: pip install -e '.[cluster]')")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="with --executor ray: auto or ray://HOST:PORT joins a cluster whose nodes have the "
+                             "dlcbench_timing resource; without it, a private local Ray instance on 127.0.0.1 runs "
+                             "for this command only")
+    parser.add_argument("--mlflow", default=None, metavar="URI",
+                        help="also log each job as an MLflow run (tracking URI, or a directory for a file store); "
+                             "the database stays the source of truth (needs: pip install -e '.[mlflow]')")
     add_timing_arguments(parser)
     add_input_arguments(parser)
     parser.add_argument("--db-wait", type=float, default=None, metavar="SECONDS",
@@ -61,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads, preset=args.preset, target=args.target, db=args.db, timeout_s=args.timeout,
         force=args.force, timing=timing_config(args),
         out_root=args.out, retry_failed=args.retry_failed, db_wait=args.db_wait, region=args.region,
-        interleave=args.interleave, **input_config(args),
+        interleave=args.interleave, executor=args.executor, ray_address=args.ray_address, mlflow_uri=args.mlflow,
+        **input_config(args),
     )
     counts = run_experiment(config)
     print(summary_line(config, counts))

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--tune-trials", type=int, default=None, help="measured trials for this model")
     tuning.add_argument("--tune-minutes", type=float, default=None, help="time budget; stops cleanly with the best so far")
     tuning.add_argument("--tuning-db", default=None, help="database directory to use/export (default: one per target)")
+    tuning.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
+                        help="measure on TVM RPC servers (dlcbench rpc start): tuning candidates on every free server "
+                             "of --rpc-key, then the artifact is checked and timed on one of them")
+    tuning.add_argument("--rpc-key", default=None, metavar="KEY", help="the RPC servers' key (with --rpc-tracker)")
     parser.add_argument("--compile-only", action="store_true",
                         help="write the artifact (with inputs and reference) without running it, e.g. --target cuda here")
     parser.add_argument("--json", action="store_true", help="print the result JSON (only it, on stdout) instead of the summary")
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.backend or not args.model:
         raise BadInputError("--backend and --model are required (see --help)")
     backend_options = parse_params(args.option, "--option")
-    for flag, key in (("tune_trials", "tune_trials"), ("tune_minutes", "tune_minutes"), ("tuning_db", "tuning_db")):
+    for flag, key in (("tune_trials", "tune_trials"), ("tune_minutes", "tune_minutes"), ("tuning_db", "tuning_db"),
+                      ("rpc_tracker", "rpc_tracker"), ("rpc_key", "rpc_key")):
         if getattr(args, flag) is not None:
             if args.backend != "tvm":
                 raise BadInputError(f"--{flag.replace('_', '-')} applies to --backend tvm only")

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning-db", default=None, help="database directory (default: one per target)")
     parser.add_argument("--strategy", default="evolutionary", help="evolutionary, replay-trace or replay-func")
     parser.add_argument("--cost-model", default="xgb", help="xgb, mlp or random")
+    parser.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
+                        help="measure candidates on the TVM RPC servers of --rpc-key (dlcbench rpc start), all at once")
+    parser.add_argument("--rpc-key", default=None, metavar="KEY", help="the RPC servers' key (with --rpc-tracker)")
     parser.add_argument("--out", type=Path, default=None,
                         help="artifact directory (default: out/tune-MODEL-bN); an existing one is replaced only if "
                              "it is empty or an earlier artifact")
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                "tune_cost_model": args.cost_model}
     if args.tuning_db:
         options["tuning_db"] = args.tuning_db
+    if args.rpc_tracker or args.rpc_key:
+        options.update(rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
     job = JobConfig(backend="tvm", model=args.model, preset=args.preset, batch=args.batch,
                     threads=args.threads or os.cpu_count() or 1, backend_options=options, compile_only=True, **input_config(args),
                     out_dir=args.out or Path("out") / f"tune-{Path(args.model).stem}-b{args.batch}")
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     tuning = result["manifest"]["extra"]["tuning"]
     print(f"database  {tuning['db']}")
     print(f"tuning    {tuning['new_trials']} new trials in {tuning['seconds']:.1f} s"
-          f"{' (stopped by the time budget)' if tuning['stopped_by_time'] else ''}")
+          f"{' (stopped by the time budget)' if tuning['stopped_by_time'] else ''}, measured on "
+          f"{tuning.get('measured_on', 'local')}")
     print(f"{'task':<40} {'calls':>5} {'FLOP share':>10} {'had':>5} {'new':>5} {'best ms':>9}")
     for task in sorted(tuning["tasks"], key=lambda t: -t["new_trials"]):
         best = f"{task['best_ms']:.4f}" if task["best_ms"] else "-"

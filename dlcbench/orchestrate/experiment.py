@@ -21,6 +21,10 @@ from dlcbench.results.store import DEFAULT_DB, ResultsStore, pending_dir_of
 from dlcbench.measure.timing import TimingConfig
 
 
+#: How an experiment's jobs are run (:attr:`ExperimentConfig.executor`).
+EXECUTORS = ("local", "ray")
+
+
 def _unique(items: list, what: str, repeated: list[str]) -> list:
     """``items`` without repeats, first occurrence kept; each repeat is noted in ``repeated``."""
     seen: list = []
@@ -62,6 +66,13 @@ class ExperimentConfig:
             them alike; per-round medians are stored.
         input_shapes, input_ranges, inputs_file, accuracy: Applied to every model of the matrix
             (:class:`dlcbench.measure.job.JobConfig`); a name a model lacks fails that model's jobs.
+        executor: ``local`` (each job in a worker process here, one after the other) or ``ray`` (each job, or
+            each interleaved point, as a Ray task: :mod:`dlcbench.orchestrate.ray_launcher`). Either way this
+            process alone writes the database, and the stored rows are the same.
+        mlflow_uri: Also mirror each stored row to MLflow at this tracking URI (or file-store path):
+            :mod:`dlcbench.results.mlflow_mirror`. The database stays the source of truth.
+        ray_address: With ``executor="ray"``: ``None`` starts a private local instance on 127.0.0.1; ``auto``
+            or ``ray://HOST:PORT`` joins a cluster.
 
     Validation happens here, for the whole matrix at once: repeated models, backends and batches are
     dropped (listed in ``repeated``); model paths are made absolute against the working directory. ``threads``
@@ -94,6 +105,9 @@ class ExperimentConfig:
     input_ranges: dict[str, list[int]] | list[str] = field(default_factory=dict)
     inputs_file: str | None = None
     accuracy: bool = False
+    executor: str = "local"
+    ray_address: str | None = None
+    mlflow_uri: str | None = None
 
     def __post_init__(self):
         from dlcbench.compilers.base import PRECISIONS, TARGETS
@@ -129,6 +143,14 @@ class ExperimentConfig:
                 raise BadInputError(f"--inputs: file not found: {self.inputs_file}")
         if isinstance(self.interleave, bool) or not isinstance(self.interleave, int) or self.interleave < 1:
             raise BadInputError(f"--interleave takes a number of rounds >= 1 (1: no interleaving), got {self.interleave}")
+        if self.executor not in EXECUTORS:
+            raise BadInputError(f"unknown executor {self.executor!r}; valid: {', '.join(EXECUTORS)}")
+        if self.ray_address is not None and self.executor != "ray":
+            raise BadInputError("--ray-address goes with --executor ray")
+        if self.executor == "ray":
+            from dlcbench.orchestrate.ray_launcher import RayConfig
+
+            self.ray_address = RayConfig(self.ray_address).address  # validated here, with the rest
         if self.db_wait is not None and not self.db_wait >= 0:
             raise BadInputError(f"the database wait must be >= 0 seconds, got {self.db_wait}")
         self.precision = split_list(self.precision) if isinstance(self.precision, (str, list, tuple)) else []
@@ -228,7 +250,8 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
     Each job is claimed in the database first, so a second run of the same experiment skips the jobs
     this one is running (and the reverse). A finished job's row that cannot be written because another
     process keeps the database locked goes to the store's journal (``NAME.pending/``), which the next run
-    imports; it is never dropped.
+    imports; it is never dropped. ``environment`` replaces the environment record collected here (the local
+    executor); with the Ray executor each row has the record of the node that ran it instead.
 
     Returns:
         Counts: ``total`` (distinct jobs), ``skipped`` (already recorded), ``held`` (another run has them),
@@ -242,6 +265,11 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
         say(f"{config.name}: ignoring repeated {entry}")
     skip_statuses = () if config.force else ("ok",) if config.retry_failed else ("ok", "failed")
     exp_config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    mirror = None
+    if config.mlflow_uri:  # before any job runs: a bad URI or a missing MLflow is one line, not a lost run
+        from dlcbench.results.mlflow_mirror import MlflowMirror
+
+        mirror = MlflowMirror(config.mlflow_uri, config.name, say=say)
     with ResultsStore(config.db, timeout=config.db_wait, say=say) as store:
         store.ensure_experiment(config.name, exp_config)
         jobs = config.jobs()
@@ -253,23 +281,22 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
             hint = "--retry-failed reruns failed ones, --force all" if not config.retry_failed else "--force reruns all"
             say(f"{config.name}: all {len(jobs)} jobs already recorded ({hint})")
             return counts
-        record = environment or collect_environment(max(config.threads))  # the roofline's peak: all threads
-        env_id = store.add_environment(record)
         try:
             groups: dict[tuple, list[JobConfig]] = {}
             for position, job in enumerate(todo):  # interleaved: the backends of a point (else one job) together
                 point = (job.model, job.threads, job.batch, job.precision) if config.interleave > 1 else (position,)
                 groups.setdefault(point, []).append(job)
+            if config.executor == "ray":
+                _run_on_ray(config, store, groups, counts, skip_statuses, exp_config, say, len(todo), mirror)
+                return counts
+            record = environment or collect_environment(max(config.threads))  # the roofline's peak: all threads
+            env_id = store.add_environment(record)
             index = 0
             for group in groups.values():
                 claimed = []
                 for job in group:
                     index += 1
-                    refusal = store.claim(config.name, job_key(job), skip_statuses)
-                    if refusal:
-                        counts["held" if refusal.kind == "held" else "skipped"] += 1
-                        say(f"    {_label(job, config)}: skipped, {refusal.reason}")
-                    else:
+                    if _claim(store, config, job, skip_statuses, counts, say):
                         claimed.append((index, job))
                 if not claimed:
                     continue
@@ -281,17 +308,55 @@ def run_experiment(config: ExperimentConfig, progress: Callable[[str], None] | N
                     start = time.perf_counter()
                     rows = run_interleaved([j for _, j in claimed], config.interleave, config.timeout_s, progress=say)
                     for (_, job), row in zip(claimed, rows):
-                        _record(store, config, job, row, counts, record, exp_config, env_id, say, start)
+                        _record(store, config, job, row, counts, record, exp_config, env_id, say, start, mirror)
                     continue
                 for position, job in claimed:
                     bar = "#" * (20 * (position - 1) // len(todo))
                     say(f"[{bar:<20}] {position}/{len(todo)} {_label(job, config)} ...")
                     start = time.perf_counter()
                     row = run_isolated(job, config.timeout_s)
-                    _record(store, config, job, row, counts, record, exp_config, env_id, say, start)
+                    _record(store, config, job, row, counts, record, exp_config, env_id, say, start, mirror)
         finally:
             store.release_claims()
         return counts
+
+
+def _claim(store: ResultsStore, config: ExperimentConfig, job: JobConfig, skip_statuses, counts: dict[str, int],
+           say) -> bool:
+    """Claims ``job`` in the database; False (and counted) when another run holds it or it is recorded by now."""
+    refusal = store.claim(config.name, job_key(job), skip_statuses)
+    if refusal:
+        counts["held" if refusal.kind == "held" else "skipped"] += 1
+        say(f"    {_label(job, config)}: skipped, {refusal.reason}")
+    return not refusal
+
+
+def _run_on_ray(config: ExperimentConfig, store: ResultsStore, groups: dict[tuple, list[JobConfig]],
+                counts: dict[str, int], skip_statuses, exp_config: dict[str, Any], say, total: int, mirror) -> None:
+    """The Ray executor: claims every unit, submits each as a Ray task, records rows as units finish."""
+    from dlcbench.measure.trackers import failure_row
+    from dlcbench.orchestrate.ray_launcher import RayConfig, RayLauncher
+
+    with RayLauncher(RayConfig(config.ray_address, min_cpus=max(config.threads)), say=say) as ray_launcher:
+        units = [claimed for group in groups.values()  # claimed once Ray is up: a Ray that fails claims nothing
+                 if (claimed := [job for job in group if _claim(store, config, job, skip_statuses, counts, say)])]
+        start = time.perf_counter()
+        for number, jobs in enumerate(units):
+            ray_launcher.submit(number, jobs, config.interleave, config.timeout_s, peak_threads=max(config.threads))
+        say(f"ray: {sum(map(len, units))} of {total} jobs submitted as {len(units)} tasks")
+        env_ids: dict[str, int] = {}
+        for number, payload, error in ray_launcher.completed():
+            jobs = units[number]
+            if payload is None:  # the task died twice (its worker or node) or could not run: no node record
+                rows, record, env_id = [failure_row("crash", error) for _ in jobs], {}, None
+            else:
+                rows, record = payload["rows"], payload["environment"]
+                digest = json.dumps(record, sort_keys=True, default=str)
+                if digest not in env_ids:
+                    env_ids[digest] = store.add_environment(record)
+                env_id = env_ids[digest]
+            for job, row in zip(jobs, rows):
+                _record(store, config, job, row, counts, record, exp_config, env_id, say, start, mirror)
 
 
 def _label(job: JobConfig, config: ExperimentConfig, point: bool = False) -> str:
@@ -302,8 +367,9 @@ def _label(job: JobConfig, config: ExperimentConfig, point: bool = False) -> str
 
 
 def _record(store: ResultsStore, config: ExperimentConfig, job: JobConfig, row: dict[str, Any], counts: dict[str, int],
-            record: dict[str, Any], exp_config: dict[str, Any], env_id: int, say, start: float) -> None:
-    """Stores a finished job's row (or journals it when the database stays locked) and says how it went."""
+            record: dict[str, Any], exp_config: dict[str, Any], env_id: int, say, start: float, mirror=None) -> None:
+    """Stores a finished job's row (or journals it when the database stays locked), mirrors it to MLflow when
+    asked, and says how it went."""
     label = _label(job, config)
     row.update(model=job.model, backend=job.backend, target=job.target, precision=job.precision,
                batch=job.batch, threads=job.threads,
@@ -316,6 +382,8 @@ def _record(store: ResultsStore, config: ExperimentConfig, job: JobConfig, row: 
         path = store.journal_result(config.name, key, row, record, exp_config)
         counts["journaled"] += 1
         say(f"warning: {err}; the result of {label} is kept in {path} and the next run imports it")
+    if mirror is not None:
+        mirror.log(label, key, row["config"], row, record)
     latencies = [m for m in row.get("metrics", []) if m["name"] in REGION_METRICS.values()]
     outcome = ", ".join(f"{m['value']:.4f} ms {m['detail'].get('region', '')}".strip() for m in latencies)
     if row["status"] != "ok":

@@ -28,6 +28,11 @@ def _plt():
     return plt
 
 
+def machine_name(environment: dict[str, Any]) -> str:
+    """A machine as the report names it: its host name and CPU model."""
+    return f"{environment.get('hostname') or '?'} ({(environment.get('cpu') or {}).get('model') or '?'})"
+
+
 def _label(row: dict[str, Any]) -> str:
     return Path(row["model"]).stem
 
@@ -157,8 +162,10 @@ def speedup_comparisons(rows, baseline: str) -> list[dict[str, Any]]:
         if series(row) == baseline:
             continue
         for base in bases:
-            same_threads = _cpu_threads(row) is None or _cpu_threads(base) is None or row["threads"] == base["threads"]
-            if _label(base) != _label(row) or base["batch"] != row["batch"] or not same_threads:
+            both_cpu = _cpu_threads(row) is not None and _cpu_threads(base) is not None
+            same_threads = not both_cpu or row["threads"] == base["threads"]
+            same_machine = not both_cpu or row.get("machine") == base.get("machine")  # rows from a Ray cluster
+            if _label(base) != _label(row) or base["batch"] != row["batch"] or not same_threads or not same_machine:
                 continue
             a, b = _samples(base), _samples(row)
             if a is not None and b is not None:
@@ -168,8 +175,8 @@ def speedup_comparisons(rows, baseline: str) -> list[dict[str, Any]]:
                           "verdict": "no samples"}
             threads = _cpu_threads(row) if _cpu_threads(row) is not None else _cpu_threads(base)
             out.append({"model": _label(row), "batch": row["batch"], "threads": threads, "backend": series(row),
-                        **result})
-    return sorted(out, key=lambda c: (c["model"], c["batch"], c["threads"] or 0, c["backend"]))
+                        "machine": row.get("machine"), **result})
+    return sorted(out, key=lambda c: (c["model"], c["batch"], c["threads"] or 0, c["machine"] or "", c["backend"]))
 
 
 def _heatmap_point(rows) -> tuple[int, int | None]:
@@ -340,15 +347,20 @@ def _speedup_lines(rows, baseline: str) -> list[str]:
     comparisons = speedup_comparisons(rows, baseline)
     if not comparisons:
         return []
+    machines = len({c["machine"] for c in comparisons}) > 1
     region = rows_region(rows)
     lines = [f"## Speedups relative to {baseline}" + (f", {REGION_TITLES.get(region, region)}" if region else ""), "",
              "Ratio of median latencies (>1 = faster than the baseline) with its 95 % bootstrap interval; the verdict "
-             "is read from the interval (it must exclude 1).", "",
-             "| model | batch | threads | backend | speedup | 95 % interval | verdict |", "|---|---|---|---|---|---|---|"]
+             "is read from the interval (it must exclude 1)."
+             + (" CPU rows from different machines are never compared: each machine has its own rows." if machines
+                else ""), "",
+             "| model | batch | threads |" + (" machine |" if machines else "") + " backend | speedup | 95 % interval | "
+             "verdict |", "|---|---|---|" + ("---|" if machines else "") + "---|---|---|---|"]
     for c in comparisons:
         interval = f"{c['ci'][0]:.3f}-{c['ci'][1]:.3f}" if c["ci"] else ""
         lines.append(f"| {c['model']} | {c['batch']} | {c['threads'] if c['threads'] is not None else ''} | "
-                     f"{c['backend']} | {c['speedup']:.3f}x | {interval} | {c['verdict']} |")
+                     + (f"{c['machine'] or ''} | " if machines else "")
+                     + f"{c['backend']} | {c['speedup']:.3f}x | {interval} | {c['verdict']} |")
     return lines + [""]
 
 
@@ -447,6 +459,9 @@ def _write_report_files(db: Path, experiment: str, out_dir: Path, baseline: str 
         rows = store.results(experiment)
         env_ids = sorted({r["environment_id"] for r in rows if r["environment_id"]})
         environments = [store.environment(i) for i in env_ids]
+        host_of = {i: machine_name(e) for i, e in zip(env_ids, environments)}
+        for row in rows:  # a row's machine: where its environment record was taken (Ray rows: their node)
+            row["machine"] = host_of.get(row["environment_id"])
         cpu_envs = [e for e in environments if not e.get("gpus")] or environments
         environment = cpu_envs[0] if cpu_envs else {}
         table = store.export(experiment, "md")

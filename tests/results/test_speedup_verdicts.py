@@ -68,3 +68,22 @@ def test_report_lists_every_speedup_with_its_interval_and_verdict(db, tmp_path):
     assert "1 unstable timing(s)" in text  # torch's 5 noisy samples; spread and cv columns in percent
     assert "| threads |" in text and "latency_spread_pct | latency_cv_pct" in text
     assert (tmp_path / "report" / "scaling.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_cpu_rows_from_two_machines_are_never_compared(tmp_path):
+    """As an experiment run on a Ray cluster stores them: each row with its node's environment record."""
+    rng = np.random.default_rng(1)
+    path = tmp_path / "r.sqlite"
+    with ResultsStore(path) as store:
+        store.ensure_experiment("e", {})
+        for host, scale in (("node-a", 1.0), ("node-b", 2.0)):
+            env = store.add_environment({"hostname": host, "cpu": {"model": "test"}, "cores": 2})
+            store.add_result("e", f"ort-{host}", _row("onnxruntime", rng.normal(1e-3 * scale, 1e-5, 500)), env)
+            store.add_result("e", f"tvm-{host}", _row("tvm", rng.normal(0.5e-3 * scale, 1e-5, 500)), env)
+    text = write_report(path, "e", tmp_path / "report").read_text()
+    table = text[text.index("## Speedups relative to onnxruntime"):text.index("## Plots")]
+    cells = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| mlp |")]
+    assert "| machine |" in table and len(cells) == 2  # one per machine: never node-a's tvm against node-b's ort
+    assert sorted(c[3].split(" ")[0] for c in cells) == ["node-a", "node-b"]
+    assert all(float(c[5].rstrip("x")) == pytest.approx(2.0, rel=0.03) for c in cells)  # not 1x or 4x: same machine

@@ -51,6 +51,11 @@ class TvmOptions(CompileOptions):
             approximations (``relax.transform.FastMathTransform``), as ONNX Runtime's MLAS kernels do;
             outputs are still checked against the reference. Exact libm ``erff`` made BERT's GELU a fifth
             of its tuned latency.
+        rpc_tracker, rpc_key: Measure on TVM RPC servers instead of this machine (``HOST:PORT`` of a tracker and
+            the servers' key, both or neither; :mod:`dlcbench.compilers.tvm.rpc`): MetaSchedule builds here and
+            measures its candidates on every server of the key in parallel, and the artifact is then uploaded,
+            checked and timed on a server. The code is built for ``mcpu`` (give the remote CPU's; default: this
+            host's).
     """
 
     mcpu: str | None = None
@@ -62,9 +67,15 @@ class TvmOptions(CompileOptions):
     tune_strategy: str = "evolutionary"
     tune_cost_model: str = "xgb"
     fast_math: bool = True
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
+        from dlcbench.compilers.tvm.rpc import parse_tracker
+
+        if parse_tracker(self.rpc_tracker, self.rpc_key) is not None and self.target != "cpu":
+            raise BadInputError("--rpc-tracker measures cpu targets only (cuda artifacts go through a stage)")
         if self.arch not in CUDA_ARCHS:
             raise BadInputError(f"unknown CUDA arch {self.arch!r}; valid: {', '.join(CUDA_ARCHS)}")
         if self.tune_trials < 0 or self.tune_minutes < 0:
@@ -73,6 +84,13 @@ class TvmOptions(CompileOptions):
             raise BadInputError(f"fast_math must be true or false, got {self.fast_math!r}")
         if self.target == "cuda" and self.tuning:
             raise BadInputError("MetaSchedule tuning is supported for the cpu target only (cuda uses dlight schedules)")
+
+    @property
+    def tracker(self):
+        """The :class:`dlcbench.compilers.tvm.rpc.Tracker` to measure on, or None (this machine)."""
+        from dlcbench.compilers.tvm.rpc import parse_tracker
+
+        return parse_tracker(self.rpc_tracker, self.rpc_key)
 
     @property
     def tuning(self) -> bool:
@@ -171,7 +189,7 @@ class TvmSession(Session):
     native_timer_name = "tvm.time_evaluator"
     resident_region = True
 
-    def __init__(self, manifest: Manifest, lib, device, params: list[np.ndarray]):
+    def __init__(self, manifest: Manifest, lib, device, params: list[np.ndarray], transform_params: bool = True):
         import tvm
         from tvm import relax
 
@@ -180,7 +198,7 @@ class TvmSession(Session):
         self._device = device
         self._vm = relax.VirtualMachine(lib, device)
         self._params = [tvm.runtime.tensor(p, device) for p in params]
-        if self._params and _has_function(self._vm, "main_transform_params"):
+        if transform_params and self._params and _has_function(self._vm, "main_transform_params"):
             # Tuned CPU builds prepack weights into the layouts MetaSchedule chose; once, like ORT at load.
             self._params = list(self._vm["main_transform_params"](self._params))
         self._input_names = [i["name"] for i in manifest.inputs]
@@ -257,10 +275,70 @@ class TvmSession(Session):
                 for name, (ms, calls) in spent.items()]
         return sorted(rows, key=lambda r: -r["ms"])
 
+    #: The RPC session of an artifact run on a remote server (:class:`RemoteTvmSession`), else None.
+    remote = None
+
     def close(self):
         self._vm = None
         self._params = []
         self._staged = None
+        self.remote = None  # after everything that lives on the server
+
+
+class RemoteTvmSession(TvmSession):
+    """A :class:`TvmSession` on a TVM RPC server.
+
+    RPC passes tensors but not arrays or tuples, so ``main`` is called the stateful way (``set_input``,
+    ``invoke_stateful``, ``get_outputs``), and prepacked weights are transformed before they are sent.
+    The resident region stages the inputs on the server once; each timed call is one ``invoke_stateful`` round
+    trip, awaited by a device sync (the host clock here includes the RPC transport; the native timer is the
+    server's ``time_evaluator``).
+    """
+
+    def __init__(self, manifest: Manifest, lib, device, params: list[np.ndarray], remote):
+        super().__init__(manifest, lib, device, params, transform_params=False)
+        self.remote = remote
+
+    def _call(self, args) -> None:
+        self._vm.set_input("main", *args)
+        self._vm.invoke_stateful("main")
+
+    def run(self, inputs):
+        args = self._args(inputs)
+        try:
+            self._call(args + self._params)
+            result = self._vm.get_outputs("main")
+        except Exception as err:
+            raise BackendRuntimeError(f"tvm run on the RPC server failed: {one_line(err, 300)}") from None
+        values = [result] if hasattr(result, "numpy") else list(result)
+        return {name: _to_numpy(v) for name, v in zip(self.output_names, values)}
+
+    def prepare(self, inputs):
+        self._vm.set_input("main", *(self._args(inputs) + self._params))
+
+    def run_prepared(self):
+        self._vm.invoke_stateful("main")
+        self._device.sync()
+
+    def native_time(self, inputs, repeat, number=1):
+        self._vm.set_input("main", *(self._args(inputs) + self._params))
+        evaluator = self._vm.time_evaluator("invoke_stateful", self._device, number=number, repeat=repeat)
+        return [float(x) for x in evaluator("main").results]
+
+    def profile(self, inputs, repeat: int = 5):
+        raise BackendRuntimeError("profiling runs a Python hook in the VM: not over RPC")
+
+
+def transformed_params(library: Path, params: list[np.ndarray]) -> list[np.ndarray]:
+    """The weights after the module's ``main_transform_params`` (the layouts the tuner chose), computed on this
+    machine; the weights as they are when the module has no such function."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu(0))
+    if not params or not _has_function(vm, "main_transform_params"):
+        return params
+    return [p.numpy() for p in vm["main_transform_params"]([tvm.runtime.tensor(p) for p in params])]
 
 
 class TvmAdapter(Adapter):
@@ -343,6 +421,9 @@ class TvmAdapter(Adapter):
         if options.separate_params:
             np.savez(out_dir / "params.npz", *params)
             files["params"] = "params.npz"
+        if options.tracker is not None:  # run, checked and timed there: see _load
+            tracker = options.tracker
+            extra["rpc"] = {"tracker": f"{tracker.host}:{tracker.port}", "key": tracker.key}
         return {"files": files, "target_detail": target_detail, "extra": {**extra, **precision_note}}
 
     def _compile_cpu(self, mod, options: TvmOptions):
@@ -361,7 +442,7 @@ class TvmAdapter(Adapter):
         config = tvm_tuning.TuningConfig(
             trials=options.tune_trials, minutes=options.tune_minutes,
             db=Path(options.tuning_db) if options.tuning_db else None,
-            strategy=options.tune_strategy, cost_model=options.tune_cost_model,
+            strategy=options.tune_strategy, cost_model=options.tune_cost_model, rpc=options.tracker,
         )
         mod = tvm_tuning.prepare_module(mod, target)
         database, report = tvm_tuning.tune_module(mod, target_dict, config, progress=self.progress)
@@ -373,6 +454,8 @@ class TvmAdapter(Adapter):
         import tvm
 
         threads = manifest.threads
+        if (manifest.extra or {}).get("rpc"):
+            return self._load_remote(artifact_dir, manifest)
         os.environ["TVM_NUM_THREADS"] = str(threads)
         try:
             config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
@@ -391,3 +474,31 @@ class TvmAdapter(Adapter):
             raise
         except Exception as err:
             raise BackendRuntimeError(f"tvm could not load {artifact_dir}: {one_line(err, 300)}") from None
+
+    def _load_remote(self, artifact_dir: Path, manifest: Manifest) -> Session:
+        """The artifact on a server of its RPC tracker: library uploaded, weights and inputs sent there, the
+        server's thread pool set to the manifest's threads; outputs come back through RPC."""
+        from dlcbench.compilers.tvm.rpc import parse_tracker, request_session
+
+        rpc = manifest.extra["rpc"]
+        tracker = parse_tracker(rpc["tracker"], rpc["key"])
+        remote = request_session(tracker)
+        try:
+            remote.get_function("runtime.config_threadpool")(0, manifest.threads)
+            library = artifact_dir / manifest.files["library"]
+            remote.upload(str(library))
+            lib = remote.load_module(library.name)
+            params: list[np.ndarray] = []
+            if "params" in manifest.files:
+                with np.load(artifact_dir / manifest.files["params"]) as data:
+                    params = [data[f"arr_{i}"] for i in range(len(data.files))]
+            try:  # here, where arrays can be passed: the library is built for this host's CPU family
+                params = transformed_params(library, params)
+            except Exception as err:
+                raise BackendRuntimeError(f"tvm could not prepack the weights of {library.name} on this machine "
+                                          f"before sending them to the RPC server: {one_line(err, 200)}") from None
+            return RemoteTvmSession(manifest, lib, remote.cpu(0), params, remote)
+        except DlcbenchError:
+            raise
+        except Exception as err:
+            raise BackendRuntimeError(f"tvm could not load {artifact_dir} on {tracker}: {one_line(err, 300)}") from None

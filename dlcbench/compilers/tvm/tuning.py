@@ -34,6 +34,8 @@ from dlcbench.config import cache_dir
 from dlcbench.errors import BackendUnavailableError, BadInputError, CompileError, one_line
 
 META_FILE = "dlcbench-tuning.json"
+#: Beside the records: where they were measured (``local``, ``rpc HOST:PORT key KEY``), one entry per place.
+MEASURED_ON_FILE = "dlcbench-measured-on.json"
 STRATEGIES = ("evolutionary", "replay-trace", "replay-func")
 COST_MODELS = ("xgb", "mlp", "random")
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -57,6 +59,8 @@ class TuningConfig:
         cost_model: ``xgb`` (needs xgboost), ``mlp`` or ``random``.
         population: Evolutionary search population; MetaSchedule's default 512 spent most of each batch mutating
             (128: 0.46 s per convolution trial here, against 0.65 s at 256).
+        rpc: A :class:`dlcbench.compilers.tvm.rpc.Tracker`: candidates are built here and measured on every
+            server of its key, in parallel (MetaSchedule's ``RPCRunner``); None measures on this machine.
     """
 
     trials: int = 0
@@ -69,6 +73,7 @@ class TuningConfig:
     seed: int = 0
     strategy: str = "evolutionary"
     cost_model: str = "xgb"
+    rpc: Any = None
 
     def __post_init__(self):
         if self.trials < 0 or self.minutes < 0:
@@ -162,6 +167,17 @@ def validate_database(path: Path, target: dict[str, Any], create: bool) -> None:
                 json.loads(line)
             except json.JSONDecodeError:
                 raise BadInputError(f"corrupt tuning database {path}: {name} line {number} is not valid JSON") from None
+
+
+def record_measured_on(path: Path, where: str) -> None:
+    """Adds ``where`` to the database's :data:`MEASURED_ON_FILE` (a device farm's records are that device's)."""
+    file = Path(path) / MEASURED_ON_FILE
+    try:
+        places = json.loads(file.read_text()) if file.is_file() else []
+    except (OSError, ValueError):
+        places = []
+    if where not in places:
+        file.write_text(json.dumps([*places, where], indent=2))
 
 
 def open_database(path: Path, target: dict[str, Any], create: bool = True):
@@ -266,6 +282,7 @@ class TuningReport:
     stopped_by_time: bool
     tasks: list[dict[str, Any]]
     curve: list[dict[str, float]]
+    measured_on: str = "local"
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -323,6 +340,26 @@ def _make_builder(workers: int, timeout_s: float):
             self.pool.shutdown()
 
     return PooledBuilder()
+
+
+def _make_runner(config: TuningConfig):
+    """Where candidates are measured: this machine (``LocalRunner``), or every server of an RPC key at once."""
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+    if config.rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=config.builder_timeout_s, evaluator_config=evaluator)
+    from dlcbench.compilers.tvm.rpc import servers_of, tracker_summary
+
+    tracker = config.rpc
+    registered, _ = servers_of(tracker_summary(tracker.host, tracker.port), tracker.key)
+    if not registered:
+        raise BackendUnavailableError(f"no RPC server with key {tracker.key!r} is registered at "
+                                      f"{tracker.host}:{tracker.port}")
+    rpc_config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port, tracker_key=tracker.key,
+                                     session_priority=1, session_timeout_sec=int(config.builder_timeout_s))
+    # RPCRunner's default is one worker whatever the farm: one per registered server measures them all at once.
+    return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=evaluator, max_workers=registered)
 
 
 class _Tuner:
@@ -471,10 +508,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
                       key=lambda i: -plans[i].flops)
         cores = os.cpu_count() or 1
         builder = _make_builder(workers=cores, timeout_s=config.builder_timeout_s)
-        runner = ms.runner.LocalRunner(
-            timeout_sec=config.builder_timeout_s,
-            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
-        )
+        runner = _make_runner(config)
         work = Path(tempfile.mkdtemp(prefix="dlcbench-tune-"))
         last_line = [0.0]
 
@@ -540,7 +574,10 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
     report = TuningReport(
         db=str(db_path), seconds=round(time.perf_counter() - start, 2), new_trials=done, stopped_by_time=stopped,
         tasks=[p.__dict__.copy() for p in plans], curve=curve,
+        measured_on=f"rpc {config.rpc.host}:{config.rpc.port} key {config.rpc.key}" if config.rpc else "local",
     )
+    if done:
+        record_measured_on(db_path, report.measured_on)
     return database, report
 
 

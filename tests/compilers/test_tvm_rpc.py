@@ -1,0 +1,93 @@
+"""A real TVM RPC tracker with two servers on 127.0.0.1 (dlcbench rpc start): MetaSchedule measures through
+them, compile --rpc-tracker checks and times a model on one; nothing listens beyond loopback or outlives stop."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from contextlib import closing
+
+import psutil
+import pytest
+
+from dlcbench_test_support import assert_one_line_error, live_processes_with, run_script, wait_for
+
+pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado: pip install -e '.[cluster]'")
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def farm():
+    """A tracker and two servers started by ``scripts/rpc.py start``; stopped (and checked gone) at the end."""
+    marker = f"rpc-test-{uuid.uuid4().hex}"
+    port, key = free_port(), "dlcbench-test"
+    started = run_script("scripts/rpc.py", "start", "--servers", "2", "--key", key, "--port", str(port),
+                         env={"DLCBENCH_TEST_RUN": marker}, timeout=300)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield {"port": port, "key": key, "marker": marker, "tracker": f"127.0.0.1:{port}"}
+    finally:
+        stopped = run_script("scripts/rpc.py", "stop", "--port", str(port))
+        assert stopped.returncode == 0, stopped.stderr
+        assert wait_for(lambda: not live_processes_with(marker), 30), live_processes_with(marker)
+
+
+def test_start_registers_two_servers_all_on_loopback(farm):
+    status = run_script("scripts/rpc.py", "status", "--port", str(farm["port"]))
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["keys"][farm["key"]] == {"registered": 2, "free": 2} and report["started_by_dlcbench"]
+    listening = []
+    for pid in live_processes_with(farm["marker"]):
+        try:
+            listening += [c.laddr for c in psutil.Process(pid).net_connections(kind="inet")
+                          if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            continue
+    assert len(listening) >= 3, listening  # the tracker and two servers: we did look at their sockets
+    assert all(addr.ip == "127.0.0.1" for addr in listening), listening
+
+
+def test_tuning_measures_on_the_servers_and_lands_records(farm, tmp_path):
+    db = tmp_path / "db"
+    proc = run_script("scripts/tune.py", "--model", "mlp", "--preset", "tiny", "--trials", "16", "--threads", "1",
+                      "--rpc-tracker", farm["tracker"], "--rpc-key", farm["key"], "--tuning-db", str(db),
+                      "--out", str(tmp_path / "tuned"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"measured on rpc {farm['tracker']} key {farm['key']}" in proc.stdout
+    records = [json.loads(line) for line in (db / "database_tuning_record.json").read_text().splitlines() if line]
+    assert len(records) >= 8
+    assert any(rec[1][1] and min(rec[1][1]) < 1e9 for rec in records)  # measured run times, not failures
+    assert json.loads((db / "dlcbench-measured-on.json").read_text()) == [f"rpc {farm['tracker']} key {farm['key']}"]
+
+
+def test_compile_checks_and_times_on_a_server(farm, tmp_path):
+    proc = run_script("scripts/compile.py", "--backend", "tvm", "--model", "mlp", "--preset", "tiny",
+                      "--threads", "1", "--min-seconds", "0.2", "--rpc-tracker", farm["tracker"],
+                      "--rpc-key", farm["key"], "--out", str(tmp_path / "a"), "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["passed"] and result["manifest"]["extra"]["rpc"] == {"tracker": farm["tracker"], "key": farm["key"]}
+    assert result["timing"]["stats"]["median_ms"] > 0
+    assert result["native_timing"]["timer"] == "tvm.time_evaluator"  # timed on the server, by the server's clock
+    assert result["native_timing"]["stats"]["median_ms"] > 0
+
+
+def test_rpc_mistakes_are_one_line(farm, tmp_path):
+    proc = run_script("scripts/compile.py", "--backend", "tvm", "--model", "mlp", "--preset", "tiny",
+                      "--rpc-tracker", farm["tracker"], "--rpc-key", "nobody", "--out", str(tmp_path / "b"))
+    assert_one_line_error(proc, 3, "no RPC server with key 'nobody'")
+    proc = run_script("scripts/compile.py", "--backend", "tvm", "--model", "mlp", "--preset", "tiny",
+                      "--rpc-tracker", farm["tracker"], "--out", str(tmp_path / "c"))
+    assert_one_line_error(proc, 2, "--rpc-tracker HOST:PORT and --rpc-key KEY go together")
+    proc = run_script("scripts/rpc.py", "start", "--servers", "1", "--key", "other", "--port", str(farm["port"]))
+    assert_one_line_error(proc, 2, "already answers")
+    proc = run_script("scripts/rpc.py", "stop", "--port", str(free_port()))
+    assert_one_line_error(proc, 2, "dlcbench started no RPC farm")
