@@ -32,3 +32,29 @@ def process_alive(pid: int, start: str | None = None) -> bool:
         return True
     now = process_start(pid)
     return now is not None and (start is None or now == start)
+
+
+def group_exists(pgid: int) -> bool:
+    """Whether a live (not zombie) process is in group ``pgid``: our dead workers are orphans, and init may
+    be slow to reap them."""
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        entries = None
+    if entries is not None:
+        for pid in entries:
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    state, _, pgrp = fh.read().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(pgrp) == pgid and state != "Z":
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

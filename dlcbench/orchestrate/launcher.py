@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from dlcbench.cpus import restore_affinity, worker_env
 from dlcbench.errors import DlcbenchError, ExitCode, JobCrashError, JobTimeoutError, one_line
+from dlcbench.processes import group_exists
 
 if TYPE_CHECKING:
     from dlcbench.measure.job import JobConfig
@@ -305,36 +306,10 @@ def _janitor_main() -> int:
     deadline = time.monotonic() + 5
     while groups and time.monotonic() < deadline:  # a dying process may still be writing into its directory
         time.sleep(0.05)
-        groups = {g for g in groups if _group_exists(g)}
+        groups = {g for g in groups if group_exists(g)}
     for path in dirs:
         shutil.rmtree(path, ignore_errors=True)
     return 0
-
-
-def _group_exists(pgid: int) -> bool:
-    """Whether a live (not zombie) process is in group ``pgid``: our dead workers are orphans, and init may
-    be slow to reap them."""
-    try:
-        entries = [e for e in os.listdir("/proc") if e.isdigit()]
-    except OSError:
-        entries = None
-    if entries is not None:
-        for pid in entries:
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    state, _, pgrp = fh.read().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue
-            if int(pgrp) == pgid and state != "Z":
-                return True
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- jobs

@@ -79,8 +79,8 @@ MB = 1_000_000
 RUNNER_TEMPLATE = Path(__file__).with_name("bundle_runner.py")
 #: dlcbench's modules that run.py imports, shipped unmodified under ``py/``: the package ``__init__`` files and
 #: their module-level imports (standard library and numpy otherwise; tests/stage checks that).
-RUNNER_MODULES = ("dlcbench/__init__.py", "dlcbench/compat.py", "dlcbench/errors.py", "dlcbench/files.py",
-                  "dlcbench/jsonio.py",
+RUNNER_MODULES = ("dlcbench/__init__.py", "dlcbench/compat.py", "dlcbench/cpus.py", "dlcbench/errors.py",
+                  "dlcbench/files.py", "dlcbench/jsonio.py", "dlcbench/processes.py",
                   "dlcbench/measure/__init__.py", "dlcbench/measure/check.py", "dlcbench/measure/timing.py",
                   "dlcbench/orchestrate/__init__.py", "dlcbench/orchestrate/launcher.py",
                   "dlcbench/results/__init__.py", "dlcbench/results/env.py")

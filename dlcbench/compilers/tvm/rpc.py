@@ -28,6 +28,7 @@ from typing import Any
 from dlcbench.config import cache_dir
 from dlcbench.cpus import worker_env
 from dlcbench.errors import BackendUnavailableError, BadInputError, one_line
+from dlcbench.processes import group_exists, process_start
 
 INSTALL_HINT = "pip install -e '.[cluster]' (tornado, for TVM's RPC tracker)"
 DEFAULT_HOST = "127.0.0.1"
@@ -121,39 +122,17 @@ def _free_port(host: str) -> int:
 def _spawn(argv: list[str], log: Path) -> dict[str, Any]:
     """Starts ``python ARGV`` in its own session (its pid is its process group), detached from us; returns its
     pid and start time (what tells it from a later process given the same pid)."""
-    import psutil
-
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env={**os.environ, **worker_env()})
-    try:
-        started = psutil.Process(proc.pid).create_time()
-    except psutil.Error:
-        started = None
-    return {"pgid": proc.pid, "started": started}
+    return {"pgid": proc.pid, "started": process_start(proc.pid)}
 
 
 def _ours(entry: dict[str, Any]) -> bool:
     """Whether the group ``entry`` names is still the one we started: its leader is gone (a group outliving its
     leader keeps the pid reserved) or is the very process we started."""
-    import psutil
-
-    try:
-        return entry.get("started") is None or psutil.Process(entry["pgid"]).create_time() == entry["started"]
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    now = process_start(int(entry["pgid"]))
+    return now is None or entry.get("started") is None or now == entry["started"]
 
 
 def _end_groups(pgids: list[int], grace_s: float = 5.0) -> None:
@@ -163,7 +142,7 @@ def _end_groups(pgids: list[int], grace_s: float = 5.0) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_group_alive(p) for p in pgids):
+    while time.monotonic() < deadline and any(group_exists(p) for p in pgids):
         time.sleep(0.1)
     for pgid in pgids:  # TVM's listen loops run in non-daemon threads of a child: TERM alone may not end them
         try:
@@ -236,7 +215,7 @@ def _wait(condition, timeout_s: float, state: dict[str, Any]) -> bool:
     while time.monotonic() < deadline:
         if condition():
             return True
-        if not all(_group_alive(p["pgid"]) for p in state["processes"]):
+        if not all(group_exists(p["pgid"]) for p in state["processes"]):
             return False
         time.sleep(0.2)
     return False
@@ -256,7 +235,7 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _farm_alive(state: dict[str, Any]) -> bool:
-    return any(_group_alive(p) for p in _pgids(state))
+    return any(group_exists(p) for p in _pgids(state))
 
 
 def stop_farm(port: int = DEFAULT_PORT) -> dict[str, Any]:
