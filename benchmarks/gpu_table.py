@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Render the Markdown table of a GPU run (GPU, driver, per-model latency at each batch, check verdict).
+"""Render the Markdown table of an earlier TVM-only GPU bundle run (GPU, driver, per-model latency, check verdict).
+
+A stage's table: ``dlcbench import-results RESULTS --table OUT.md``.
 
 From the results JSON of a bundle's run.py, or from an experiment already imported into the results
 database (``--db DB --experiment NAME``). Writes to ``--out`` (e.g. ``benchmarks/results/gpu-h200.md``)
@@ -25,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default=None, help="experiment name in --db")
     parser.add_argument("--out", type=Path, default=None, help="write the table here (default: print)")
     args = parser.parse_args(argv)
-    from dlcbench.stage.bundle import load_results, render_table, results_from_store
+    from dlcbench.stage.legacy import load_bundle_results as load_results
+    from dlcbench.stage.legacy import render_bundle_table as render_table
+    from dlcbench.stage.legacy import results_from_store
 
     if args.results is not None:
         data = load_results(args.results)

@@ -1,4 +1,4 @@
-"""File utilities shared by every layer (and shipped with bundles): content digests.
+"""File utilities shared by every layer (and shipped with stages): content digests.
 
 Imports only the standard library.
 """

@@ -1,6 +1,6 @@
 """Directories dlcbench writes: never replace what dlcbench did not write, and publish them whole.
 
-The rule, for every command that writes a directory (artifacts, tuning runs, reports, GPU bundles):
+The rule, for every command that writes a directory (artifacts, tuning runs, reports, stages):
 
 * An existing directory is replaced only when it is empty, or holds output of the same kind that
   dlcbench wrote (recognised by :data:`MARKER` or the kind's own index file) and nothing else.
@@ -76,9 +76,9 @@ class OutputKind:
         name: Short name recorded in the marker (``artifact``, ``report``).
         label: How messages name it (``a dlcbench artifact``).
         later: Files dlcbench may add after publishing (``result.json``).
-        recognise: Recognises such a directory without a marker (a bundle's ``bundle.json``,
+        recognise: Recognises such a directory without a marker (a stage's ``stage.json``,
             an artifact's ``manifest.json``): returns what dlcbench wrote there, or None.
-        marker: Write :data:`MARKER` when publishing (off for bundles, whose index lists every file).
+        marker: Write :data:`MARKER` when publishing (off for stages, whose index lists every file).
     """
 
     name: str

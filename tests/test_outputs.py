@@ -84,16 +84,17 @@ def test_compile_refuses_a_directory_dlcbench_did_not_write(user_dir, tmp_path, 
     assert tree_hash(tmp_path) == before  # nothing inside changed, nothing new next to it
 
 
-@pytest.mark.parametrize("script", ["tune", "gpu_bundle"])
-def test_tune_and_bundle_refuse_a_directory_dlcbench_did_not_write(user_dir, tmp_path, script):
+@pytest.mark.parametrize("script", ["tune", "stage"])
+def test_tune_and_stage_refuse_a_directory_dlcbench_did_not_write(user_dir, tmp_path, script):
     before = tree_hash(tmp_path)
     if script == "tune":  # refused before any tuning starts
         args = ["--model", "mlp", "--preset", "tiny", "--trials", "1", "--tuning-db", str(tmp_path / "db"),
                 "--out", str(user_dir)]
         label = "a dlcbench artifact"
     else:
-        args = ["-o", str(user_dir), "--target", "cpu", "--models", "mlp", "--preset", "tiny", "--batches", "1"]
-        label = "a dlcbench GPU bundle"
+        args = ["-o", str(user_dir), "--target", "cpu", "--models", "mlp", "--preset", "tiny", "--batches", "1",
+                "--backends", "tvm"]
+        label = "a dlcbench stage"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, ExitCode.BAD_INPUT, f"is not {label}")
@@ -222,16 +223,17 @@ def test_an_artifact_from_before_the_marker_is_recognised_by_its_manifest(tmp_pa
         check_replaceable(out, ARTIFACT)
 
 
-def test_an_earlier_bundle_is_recognised_by_its_index(tmp_path):
-    from dlcbench.stage.bundle import BUNDLE, BUNDLE_FORMAT
+def test_an_earlier_stage_is_recognised_by_its_index(tmp_path):
+    from dlcbench.stage.build import STAGE, STAGE_FORMAT
 
-    out = tmp_path / "bundle"
-    (out / "py" / "tvm_ffi").mkdir(parents=True)
-    (out / "py" / "tvm_ffi" / "core.so.xz").write_bytes(b"\xfd7zXZ")
+    out = tmp_path / "stage"
+    (out / "site" / "tvm_ffi").mkdir(parents=True)
+    (out / "site" / "tvm_ffi" / "core.so.xz").write_bytes(b"\xfd7zXZ")
     (out / "run.py").write_text("print()")
-    index = {"format": BUNDLE_FORMAT, "files": [{"path": "py/tvm_ffi/core.so", "stored": "py/tvm_ffi/core.so.xz"}]}
-    (out / "bundle.json").write_text(json.dumps(index))
-    check_replaceable(out, BUNDLE)
-    (out / "py" / "gpu_results.json").write_text("{}")  # results of a run, kept next to the code by hand
-    with pytest.raises(BadInputError, match=r"holds a dlcbench GPU bundle but also 1 entry .*py/gpu_results.json"):
-        check_replaceable(out, BUNDLE)
+    index = {"format": STAGE_FORMAT, "files": [{"path": "site/tvm_ffi/core.so", "stored": "site/tvm_ffi/core.so.xz"},
+                                               {"path": "models/x/inputs.npz", "stored": None, "npz": []}]}
+    (out / "stage.json").write_text(json.dumps(index))
+    check_replaceable(out, STAGE)
+    (out / "site" / "results.json").write_text("{}")  # results of a run, kept next to the code by hand
+    with pytest.raises(BadInputError, match=r"holds a dlcbench stage but also 1 entry .*site/results.json"):
+        check_replaceable(out, STAGE)

@@ -19,8 +19,8 @@ COMMANDS = {
     "report": ("report", "Markdown report, plots and exports of an experiment"),
     "tune": ("tune", "tune a model with TVM MetaSchedule"),
     "coverage": ("coverage", "ONNX operator coverage of every backend"),
-    "bundle": ("bundle", "build a self-contained bundle of TVM artifacts for a machine without TVM"),
-    "import-results": ("import_results", "load a bundle's results JSON into the results database"),
+    "stage": ("stage", "build a stage: jobs to check and time on another machine (a GPU machine) with dlcbench's code"),
+    "import-results": ("import_results", "load a stage's results JSON into the results database"),
     "models": ("models", "list the zoo or export a model to ONNX"),
     "rpc": ("rpc", "start, stop or inspect a TVM RPC tracker and servers (a device farm for tuning and runs)"),
 }

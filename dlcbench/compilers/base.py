@@ -259,6 +259,10 @@ class Adapter(abc.ABC):
     #: Top-level modules of the backend's library. Import them only inside methods; the default
     #: :meth:`available` imports them, and the conformance suite hides them to check the reason given.
     requires: ClassVar[tuple[str, ...]] = ()
+    #: The adapter builds artifacts here that run on another machine without it (TVM cross-compiles and runs on
+    #: its runtime alone). A stage (:mod:`dlcbench.stage.build`) builds such a backend's artifacts here and ships
+    #: them; every other backend compiles on the target machine, from the model the stage ships.
+    cross_compiles: ClassVar[bool] = False
 
     @classmethod
     def available(cls) -> Availability:

@@ -68,6 +68,10 @@ class JobConfig:
         accuracy: Also measure top-1 accuracy on the held-out split of the model's dataset (``--accuracy``; zoo
             models trained on labelled data); a drop beyond the precision's budget fails the job
             (:mod:`dlcbench.measure.accuracy`).
+        export_dir: A model exported elsewhere (a stage's copy of an export: ``meta.json``, sample inputs,
+            references and the model file the backend compiles from), used as it is instead of exporting
+            ``model`` (see :func:`dlcbench.models.export.open_export`).
+        prebuilt: ``out_dir`` already holds the job's artifact, built elsewhere (a stage): load it, do not compile.
     """
 
     backend: str
@@ -91,6 +95,8 @@ class JobConfig:
     input_ranges: dict[str, list[int]] | list[str] = field(default_factory=dict)
     inputs_file: str | None = None
     accuracy: bool = False
+    export_dir: str | None = None
+    prebuilt: bool = False
 
     def __post_init__(self):
         from dlcbench.models.inputs import parse_input_ranges, parse_input_shapes
@@ -139,8 +145,11 @@ class JobResult:
 
 
 def export_for(adapter, config: JobConfig):
-    """Exports the job's model in the variant the adapter compiles from."""
-    from dlcbench.models.export import ExportConfig, export_model
+    """Exports the job's model in the variant the adapter compiles from (or opens ``config.export_dir``)."""
+    from dlcbench.models.export import ExportConfig, export_model, open_export
+
+    if config.export_dir:
+        return open_export(Path(config.export_dir))
 
     folded = adapter.source == "onnx-folded"
     return export_model(
@@ -274,6 +283,14 @@ def open_job(config: JobConfig, progress=None) -> Iterator[OpenJob]:
     say = progress or (lambda message: None)
     adapter = get_adapter(config.backend)
     adapter.require_available()
+    if config.prebuilt:  # built elsewhere with its own options (the manifest has them)
+        job = _open_prebuilt(config, adapter, say)
+        try:
+            job.check()
+            yield job
+        finally:
+            job.close()
+        return
     options = adapter.make_options(
         target=config.target, precision=config.precision, threads=config.threads, batch=config.batch,
         backend_options=config.backend_options,
@@ -301,6 +318,20 @@ def open_job(config: JobConfig, progress=None) -> Iterator[OpenJob]:
         yield job
     finally:
         job.close()
+
+
+def _open_prebuilt(config: JobConfig, adapter, say) -> "OpenJob":
+    """The :class:`OpenJob` of an artifact built elsewhere (``config.prebuilt``), its model from ``export_dir``."""
+    from dlcbench.compilers.base import Manifest
+
+    if config.compile_only:
+        raise BadInputError("a prebuilt artifact has nothing to compile (prebuilt with compile_only)")
+    manifest = Manifest.read(config.out_dir)
+    if manifest.backend != adapter.name:
+        raise BadInputError(f"{config.out_dir} holds a {manifest.backend} artifact, not {adapter.name}")
+    model = export_for(adapter, config)
+    say(f"loading the {adapter.name} artifact in {config.out_dir}")
+    return OpenJob(config, adapter, manifest, model, 0.0, say)
 
 
 def round_timing(timing: TimingConfig, rounds: int) -> TimingConfig:

@@ -615,6 +615,50 @@ def entry_damage(directory: Path, key: str) -> tuple[str | None, dict[str, Any] 
     return None, meta
 
 
+#: The files of an export every job needs, whatever its backend compiles from.
+EXPORT_CORE_FILES = ("inputs.npz", "reference.npz", "check_inputs.npz", "check_reference.npz", "labelled.npz",
+                     "calibration.npz")
+
+
+def export_files_for(meta: dict[str, Any], source: str) -> list[str]:
+    """The files of an export (relative paths, ``meta.json`` apart) a backend compiling from ``source`` needs:
+    the samples and references, and ``model.onnx`` or the Keras model (see ``Adapter.source``)."""
+    listed = list((meta.get("entry_files") or {}).keys())
+    wanted = [f for f in listed if f in EXPORT_CORE_FILES]
+    if source in ("onnx", "onnx-folded"):
+        wanted.append("model.onnx")
+    elif source == "keras":
+        rel = meta.get("keras")
+        if not rel or os.path.isabs(rel):
+            raise BadInputError(f"export {meta.get('name')!r} has no Keras model to stage")
+        wanted += [f for f in listed if f == rel or f.startswith(rel.rstrip("/") + "/")]
+    return wanted
+
+
+def open_export(directory: Path) -> ExportedModel:
+    """An export copied elsewhere whole or in part (by :func:`export_files_for`), as an :class:`ExportedModel`.
+
+    Only the files present are checked (against the SHA-256 recorded at export): a stage carries the ones its
+    backends need.
+
+    Raises:
+        BadInputError: no ``meta.json``, or a present file that does not match it.
+    """
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"{directory} holds no readable export meta.json: {one_line(err, 120)}") from None
+    for rel, record in (meta.get("entry_files") or {}).items():
+        path = directory / rel
+        if path.is_file() and sha256_file(path) != record.get("sha256"):
+            raise BadInputError(f"{path} does not match the SHA-256 recorded at export")
+    for rel in ("inputs.npz", "reference.npz"):
+        if not (directory / rel).is_file():
+            raise BadInputError(f"{directory} lacks {rel}")
+    return ExportedModel(directory, meta, cache_hit=True)
+
+
 def _publish_entry(tmp: Path, final: Path, key: str, replace: bool, name: str) -> dict[str, Any] | None:
     """Renames a finished export to ``final``; returns the meta of an intact entry another process published first."""
     try:

@@ -278,7 +278,7 @@ class _Janitor:
         if self._owner != os.getpid():
             self._owner, self._starts = os.getpid(), 0
         self._starts += 1
-        # It imports the dlcbench this file belongs to, installed or not (a bundle's run.py uses a copy).
+        # It imports the dlcbench this file belongs to, installed or not (a stage's run.py uses its copy).
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self._proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--janitor"],

@@ -1,6 +1,6 @@
 """The environment record stored with every result: machine, software, git revision, measured peak.
 
-Imports only the standard library and :mod:`dlcbench.jsonio` (bundles ship it to machines without dlcbench).
+Imports only the standard library and :mod:`dlcbench.jsonio` (stages ship it to machines without dlcbench).
 """
 
 from __future__ import annotations

@@ -29,8 +29,10 @@ def _plt():
 
 
 def machine_name(environment: dict[str, Any]) -> str:
-    """A machine as the report names it: its host name and CPU model."""
-    return f"{environment.get('hostname') or '?'} ({(environment.get('cpu') or {}).get('model') or '?'})"
+    """A machine as the report names it: its host name, CPU model and first GPU."""
+    gpus = environment.get("gpus") or []
+    gpu = f"; {gpus[0].get('name')}" if gpus and gpus[0].get("name") else ""
+    return f"{environment.get('hostname') or '?'} ({(environment.get('cpu') or {}).get('model') or '?'}{gpu})"
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -143,8 +145,8 @@ def plot_latency(rows, path: Path) -> None:
 
 
 def speedup_comparisons(rows, baseline: str) -> list[dict[str, Any]]:
-    """Every backend against ``baseline`` wherever both ran: the same model and batch, and the same thread count
-    when both run on the CPU.
+    """Every backend against ``baseline`` wherever both ran: the same model, batch, target (GPU rows are compared
+    with GPU rows only) and machine, and the same thread count when both run on the CPU.
 
     Each comparison: ``model``, ``batch``, ``threads`` (the CPU side's; None for two GPU rows), ``backend``,
     ``speedup`` (baseline median / backend median, >1 = faster), ``ci`` (its 95 % bootstrap interval, from the
@@ -164,8 +166,10 @@ def speedup_comparisons(rows, baseline: str) -> list[dict[str, Any]]:
         for base in bases:
             both_cpu = _cpu_threads(row) is not None and _cpu_threads(base) is not None
             same_threads = not both_cpu or row["threads"] == base["threads"]
-            same_machine = not both_cpu or row.get("machine") == base.get("machine")  # rows from a Ray cluster
-            if _label(base) != _label(row) or base["batch"] != row["batch"] or not same_threads or not same_machine:
+            same_machine = row.get("machine") == base.get("machine")  # rows from a Ray cluster, or a stage's
+            same_target = (row.get("target") or "cpu") == (base.get("target") or "cpu")
+            if (_label(base) != _label(row) or base["batch"] != row["batch"] or not same_threads or not same_machine
+                    or not same_target):
                 continue
             a, b = _samples(base), _samples(row)
             if a is not None and b is not None:

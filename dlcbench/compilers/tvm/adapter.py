@@ -352,6 +352,7 @@ class TvmAdapter(Adapter):
     #: dequantize -> float op -> quantize: int8 emulated in float, no int8 arithmetic (the manifest says so).
     precisions = ("fp32", "fp16", "int8")
     Options = TvmOptions
+    cross_compiles = True
 
     @staticmethod
     def progress(line: str) -> None:
@@ -360,16 +361,23 @@ class TvmAdapter(Adapter):
 
     @classmethod
     def available(cls) -> Availability:
+        from dlcbench.compilers.tvm.runtime_only import runtime_dir
+
         try:
             version = metadata.version("apache-tvm")
         except metadata.PackageNotFoundError:
+            if runtime_dir() is not None:
+                return Availability(True, "runtime only: loads artifacts built elsewhere, cannot compile")
             return Availability(False, "apache-tvm is not installed")
         if not version.startswith("0.27"):
             return Availability(False, f"dlcbench needs apache-tvm 0.27, found {version}")
         return Availability(True)
 
     def version(self) -> str:
-        return metadata.version("apache-tvm")
+        try:
+            return metadata.version("apache-tvm")
+        except metadata.PackageNotFoundError:
+            return "runtime only"
 
     def _compile(self, model, options: TvmOptions, out_dir: Path) -> dict[str, Any]:
         import onnx
@@ -397,9 +405,13 @@ class TvmAdapter(Adapter):
         if options.target == "cuda":
             from dlcbench.compilers.tvm.cuda import compile_cuda, device_code_archs
 
-            executable = compile_cuda(mod, options.arch)
+            code: dict[str, Any] = {}
+            executable = compile_cuda(mod, options.arch, code_report=code)
             target_detail: Any = {"kind": "cuda", "arch": options.arch}
-            extra: dict[str, Any] = {}
+            # Whether dlight's schedules use tensor cores (its Matmul rule tensorizes fp16 matmuls whose every
+            # non-batch extent is above 64): what the generated CUDA source says.
+            extra: dict[str, Any] = {"tensor_cores": code["tensor_cores"], "cuda_kernels": code["kernels"],
+                                     "tensor_core_kernels": code["tensor_core_kernels"]}
         else:
             executable, target_detail, extra = self._compile_cpu(mod, options)
         executable.export_library(str(out_dir / "model.so"))
@@ -451,6 +463,11 @@ class TvmAdapter(Adapter):
         return tvm.compile(mod, target=target), target_dict, extra
 
     def _load(self, artifact_dir: Path, manifest: Manifest) -> Session:
+        from dlcbench.compilers.tvm.runtime_only import RuntimeOnlySession, get_runtime, runtime_dir
+
+        if runtime_dir() is not None and not (manifest.extra or {}).get("rpc"):
+            # A stage's run: the runtime it carries, not an installed TVM (the target machine has none).
+            return RuntimeOnlySession(manifest, artifact_dir, get_runtime(manifest.threads))
         import tvm
 
         threads = manifest.threads

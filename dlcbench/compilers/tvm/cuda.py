@@ -321,12 +321,16 @@ def _nvcc_error(err: Exception) -> str:
     return one_line(text, 300)
 
 
-def compile_cuda(mod, arch: str, *, compiler: str = "nvcc", sanitize_names: bool = True):
+def compile_cuda(mod, arch: str, *, compiler: str = "nvcc", sanitize_names: bool = True,
+                 code_report: dict[str, Any] | None = None):
     """Compiles a Relax ``IRModule`` for ``{"kind": "cuda", "arch": arch}`` (host: LLVM).
 
     Returns the ``tvm.relax.VMExecutable``; its ``export_library(path)`` writes a shared
     library whose CUDA module holds a fatbin (``nvcc``) or cubin (``nvrtc``) for ``arch``,
     e.g. ``"sm_90"``, ``"sm_80"`` or ``"sm_90a"``. Works with or without a GPU/driver.
+
+    ``code_report``, when given, is filled with :func:`tensor_core_use` of the generated CUDA source (captured
+    through TVM's ``tvm_callback_cuda_postproc`` hook while compiling).
 
     Raises:
         BadInputError: ``arch`` is not ``sm_XX[a|f]``, or ``compiler`` is unknown.
@@ -354,7 +358,16 @@ def compile_cuda(mod, arch: str, *, compiler: str = "nvcc", sanitize_names: bool
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
     if sanitize_names:
         mod = sanitize_param_names(mod)
+    sources: list[str] = []
+    previous = tvm.get_global_func(_POSTPROC, allow_missing=True)
+
+    def capture(code, target=None):
+        code = previous(code, target) if previous is not None else code
+        sources.append(str(code))
+        return code
+
     with _LOCK, _env(TVM_CUDA_COMPILE_MODE=compiler, TVM_COMPILE_FORCE_FALLBACK=None, PATH=path_env):
+        tvm.register_global_func(_POSTPROC, capture, override=True)
         try:
             with target:
                 mod = relax.get_pipeline("zero")(mod)
@@ -364,7 +377,16 @@ def compile_cuda(mod, arch: str, *, compiler: str = "nvcc", sanitize_names: bool
                 executable = tvm.compile(mod, target=target)
         except Exception as err:  # TVM raises plain RuntimeError/TVMError subclasses
             raise CompileError(f"TVM CUDA compile for {arch} failed: {_nvcc_error(err)}") from None
+        finally:
+            if previous is not None:
+                tvm.register_global_func(_POSTPROC, previous, override=True)
+            else:
+                import tvm_ffi
+
+                tvm_ffi.remove_global_func(_POSTPROC)
     _check_device_module(executable, arch)
+    if code_report is not None:
+        code_report.update(tensor_core_use(sources))
     return executable
 
 
@@ -380,6 +402,21 @@ def _check_device_module(executable: Any, arch: str) -> None:
         # CUDAFallbackModuleNode also says kind "cuda" but is only binary-serializable.
         if m.kind == "cuda" and not m.is_runnable():
             raise CompileError(f"TVM produced a source-only CUDA module for {arch}")
+
+
+_POSTPROC = "tvm_callback_cuda_postproc"
+#: What marks tensor-core code in TVM's generated CUDA source: the MMA PTX instructions and the WMMA API.
+_TENSOR_CORE_MARKS = ("mma.sync", "wmma::", "ldmatrix", "mma_sync", "wgmma")
+
+
+def tensor_core_use(sources: list[str]) -> dict[str, Any]:
+    """Whether generated CUDA source uses tensor cores (:data:`_TENSOR_CORE_MARKS` in a kernel's body).
+
+    Returns ``{"tensor_cores": bool, "kernels": n, "tensor_core_kernels": n}``.
+    """
+    kernels = [k for s in sources for k in s.split("__global__")[1:]]
+    using = [k for k in kernels if any(mark in k for mark in _TENSOR_CORE_MARKS)]
+    return {"tensor_cores": bool(using), "kernels": len(kernels), "tensor_core_kernels": len(using)}
 
 
 # --------------------------------------------------------------------------- inspection
