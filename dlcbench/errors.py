@@ -135,6 +135,26 @@ def one_line(text: str, limit: int = 400) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def _leave_now(code: int) -> None:
+    """Exits after an interrupt without finalizing the interpreter: the ``finally`` blocks have run, the
+    ``atexit`` handlers (which end workers and remove owned directories) run here, then the process ends.
+
+    A native library interrupted mid-call (TensorFlow building a graph) can leave threads that crash the
+    interpreter's own shutdown (SIGSEGV), which would replace the documented exit code.
+    """
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
 def run_cli(main: Callable[[], int]) -> None:
     """Runs a script's ``main`` and exits with its code; errors become one line on stderr.
 
@@ -153,10 +173,10 @@ def run_cli(main: Callable[[], int]) -> None:
         code = err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        code = ExitCode.INTERRUPTED
+        _leave_now(ExitCode.INTERRUPTED)
     except Terminated:
         print("error: terminated", file=sys.stderr)
-        code = ExitCode.TERMINATED
+        _leave_now(ExitCode.TERMINATED)
     except Exception as err:  # last resort: still one line; DLCBENCH_DEBUG=1 shows the traceback
         if debug:
             traceback.print_exc()
