@@ -6,7 +6,9 @@ events on a GPU, with their samples; compile time, artifact size, FLOPs...) and 
 the environment record is that machine's (GPUs, driver, PyTorch's CUDA and cuDNN, CPU, Python). Rows go to the
 experiment ``--experiment`` (default ``gpu-<gpu name>``, e.g. ``gpu-nvidia-h200``, or ``stage-cpu-<cpu>``); the
 report compares them as it compares CPU rows, GPU rows with GPU rows of the same machine only. A re-import
-replaces the rows of the same jobs. Results of the earlier TVM-only bundles (``dlcbench-gpu-results/1`` and
+replaces the rows of the same jobs. With ``--stage DIR`` (the stage that ran), the candidates its tuning rounds
+timed there are committed to the MetaSchedule database (``--tuning-db``, default the one each round was sampled
+from): a next stage built with ``--backend-option tvm:tuning_db=DB`` applies them. Results of the earlier TVM-only bundles (``dlcbench-gpu-results/1`` and
 ``/2``) are read too.
 """
 
@@ -28,14 +30,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="results database")
     parser.add_argument("--experiment", default=None, help="experiment name (default: gpu-<gpu name> or stage-cpu-<cpu>)")
     parser.add_argument("--table", type=Path, default=None, help="also write the Markdown comparison table here")
+    parser.add_argument("--stage", type=Path, default=None,
+                        help="the stage that ran: its measured tuning rounds are committed to the MetaSchedule database")
+    parser.add_argument("--tuning-db", type=Path, default=None,
+                        help="commit the rounds into this MetaSchedule database (default: the one each was sampled from)")
     parser.add_argument("--baseline", default=None,
                         help="the table's speedup baseline series (default: torch@cuda on a GPU, torch on a CPU)")
     args = parser.parse_args(argv)
     from dlcbench.stage.results import import_results, render_table
 
-    summary = import_results(args.results, args.db, args.experiment)
+    summary = import_results(args.results, args.db, args.experiment, stage_dir=args.stage, tuning_db=args.tuning_db)
     print(f"imported {summary['rows']} row(s) ({summary['ok']} ok, {summary['failed']} failed) into experiment "
           f"{summary['experiment']!r} of {args.db}")
+    for t in summary.get("tuning") or []:
+        if t.get("error"):
+            print(f"tuning round of {t['job']}: not measured there: {t['error']}")
+            continue
+        improved = [x for x in t["tasks"] if x.get("best_secs") and x.get("default_secs") and x["best_secs"] < x["default_secs"]]
+        print(f"tuning round of {t['job']}: {t['committed']} record(s) committed, {t['failed']} failed, into "
+              f"{t['database']}; {len(improved)} of {len(t['tasks'])} task(s) beat their default schedule")
     if args.table:
         from dlcbench.stage import legacy
 

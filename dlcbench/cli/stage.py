@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--build-dir", type=Path, default=None, help="keep the artifacts compiled here in this directory")
     parser.add_argument("--tvm-ffi-wheel", type=Path, default=None,
                         help="apache-tvm-ffi wheel for --python (default: this interpreter's copy or a cached pip download)")
+    parser.add_argument("--tuning-trials", type=int, default=0,
+                        help="a deferred MetaSchedule round: this many candidate schedules per task of every fp32 tvm "
+                             "job, built here, timed there by run.py, committed back by import-results --stage "
+                             "(default: 0, none)")
+    parser.add_argument("--tuning-db", type=Path, default=None,
+                        help="MetaSchedule database the rounds warm-start from (default: the target's under the cache)")
+    parser.add_argument("--tuning-max-tasks", type=int, default=None,
+                        help="only the heaviest tasks of each model get candidates (default: all)")
     return parser
 
 
@@ -71,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         backends=args.backends, precisions=args.precisions, batches=args.batches, backend_options=args.backend_option,
         python=args.python, carry=args.carry, limit_mb=args.limit_mb, skip_oversize=args.skip_oversize,
         keep_going=args.keep_going, threads=args.threads, mcpu=args.mcpu, seed=args.seed, compress=args.compress,
-        build_dir=args.build_dir, tvm_ffi_wheel=args.tvm_ffi_wheel,
+        build_dir=args.build_dir, tvm_ffi_wheel=args.tvm_ffi_wheel, tuning_trials=args.tuning_trials,
+        tuning_db=args.tuning_db, tuning_max_tasks=args.tuning_max_tasks,
     )
     report = build_stage(config, progress=lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
     print(report.summary())

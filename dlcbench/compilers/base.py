@@ -265,6 +265,13 @@ class Adapter(abc.ABC):
     cross_compiles: ClassVar[bool] = False
 
     @classmethod
+    def precisions_for(cls, target: str) -> tuple[str, ...]:
+        """The precisions the backend has on ``target``: the options class's ``target_precisions[target]`` where it
+        has that table, else :attr:`precisions`."""
+        table = getattr(cls.Options, "target_precisions", None)
+        return tuple(table.get(target, ())) if table else cls.precisions
+
+    @classmethod
     def available(cls) -> Availability:
         """Says whether the backend can run here, and if not, why and how to install it.
 

@@ -119,6 +119,11 @@ class StageConfig:
         build_dir: Where cross-compiled artifacts go (default: a temporary directory, removed afterwards).
         tvm_ffi_wheel: An ``apache-tvm-ffi`` wheel to take ``tvm_ffi`` from (default: installed copy or pip download).
         wheel_cache: Where downloaded wheels are cached.
+        tuning_trials: Candidates per task of a deferred MetaSchedule round for each fp32 TVM job
+            (:mod:`dlcbench.compilers.tvm.deferred`): sampled and built here (warm-started from ``tuning_db``),
+            measured there by ``run.py``, committed back here by ``dlcbench import-results --stage``. 0: none.
+        tuning_db: The MetaSchedule database of the rounds (default: the target's under the cache).
+        tuning_max_tasks: Only the heaviest tasks of each model get candidates (None: all).
     """
 
     out_dir: Path
@@ -142,6 +147,9 @@ class StageConfig:
     build_dir: Path | None = None
     tvm_ffi_wheel: Path | None = None
     wheel_cache: Path = field(default_factory=default_wheel_cache)
+    tuning_trials: int = 0
+    tuning_db: Path | None = None
+    tuning_max_tasks: int | None = None
 
     def __post_init__(self):
         from dlcbench.compilers.base import PRECISIONS
@@ -204,6 +212,16 @@ class StageConfig:
         self.wheel_cache = Path(self.wheel_cache)
         if self.build_dir is not None:
             self.build_dir = Path(self.build_dir)
+        if not isinstance(self.tuning_trials, int) or self.tuning_trials < 0:
+            raise BadInputError(f"tuning_trials must be a non-negative integer, got {self.tuning_trials!r}")
+        if self.tuning_trials and "tvm" not in self.backends:
+            raise BadInputError("a tuning round needs the tvm backend among the backends")
+        if self.tuning_trials and "fp32" not in self.precisions:
+            raise BadInputError("a tuning round tunes the fp32 TVM jobs: add fp32 to the precisions")
+        if self.tuning_max_tasks is not None:
+            positive_int("tuning_max_tasks", self.tuning_max_tasks)
+        if self.tuning_db is not None:
+            self.tuning_db = Path(self.tuning_db)
         check_replaceable(self.out_dir, STAGE)
 
     @property
@@ -333,6 +351,35 @@ def _stage_artifact(stager: Stager, artifact: Path, base: str) -> None:
             stager.add_file(f"{base}/{rel}", path, executable=path.suffix == ".so")
 
 
+def tuning_target(config: StageConfig) -> dict[str, Any]:
+    """The target a stage's tuning round samples and builds for: the TVM job's own (``cpu_target``), or CUDA's
+    ``arch`` with the attributes MetaSchedule's GPU rules read."""
+    from dlcbench.compilers.tvm.adapter import cpu_target
+    from dlcbench.compilers.tvm.cuda import cuda_tuning_target
+
+    return cuda_tuning_target(config.arch) if config.target == "cuda" else cpu_target(config.threads, config.mcpu)
+
+
+def _stage_round(stager: Stager, config: StageConfig, model, job, build_root: Path, say) -> dict[str, Any]:
+    """Samples and builds a deferred tuning round of ``job``'s model into ``tuning/<job>/``; returns the job
+    record's fields that name it."""
+    from dlcbench.compilers.tvm.deferred import export_round
+    from dlcbench.compilers.tvm.tuning import default_db_dir
+
+    target = tuning_target(config)
+    database = config.tuning_db or default_db_dir(target)
+    round_dir = build_root / "rounds" / Path(job.out_dir).name
+    say(f"sampling a tuning round of {config.tuning_trials} candidate(s) per task for {Path(job.out_dir).name}")
+    doc = export_round(model, target, database, config.tuning_trials, round_dir, max_tasks=config.tuning_max_tasks,
+                       seed=config.seed, progress=say)
+    base = f"tuning/{Path(job.out_dir).name}"
+    for path in sorted(p for p in round_dir.rglob("*") if p.is_file()):
+        stager.add_file(f"{base}/{path.relative_to(round_dir).as_posix()}", path, executable=path.suffix == ".so")
+    candidates = sum(len(t.get("candidates") or []) for t in doc["tasks"])
+    return {"tuning_round": base, "tuning_db": str(database), "tuning_round_id": doc["round_id"],
+            "tuning_candidates": candidates}
+
+
 def _write_index(staging: Path, index: dict[str, Any]) -> int:
     """Writes ``stage.json`` with its ``size_bytes`` equal to the whole directory's bytes; returns them."""
     others = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file() and p.name != "stage.json")
@@ -425,9 +472,9 @@ def build_stage(config: StageConfig, progress: Callable[[str], None] | None = No
                     for backend, adapter in adapters.items():
                         for precision in config.precisions:
                             job_id = f"{name}-{preset}-b{batch}-{backend}-{precision}"
-                            if precision not in adapter.precisions:
-                                skip(job_id, "unsupported", f"{backend} has no {precision}; its precisions: "
-                                     f"{', '.join(adapter.precisions)}")
+                            if precision not in adapter.precisions_for(config.target):
+                                skip(job_id, "unsupported", f"{backend} has no {precision} on {config.target}; its "
+                                     f"precisions there: {', '.join(adapter.precisions_for(config.target))}")
                                 continue
                             backend_options = dict(options.get(backend, {}))
                             option_names = {f.name for f in dataclasses.fields(adapter.Options)}
@@ -452,6 +499,8 @@ def build_stage(config: StageConfig, progress: Callable[[str], None] | None = No
                                 record["manifest"] = result.manifest
                                 record["compile_seconds"] = result.compile_seconds
                                 _stage_source(stager, model, model_dir, "none")
+                                if config.tuning_trials and backend == "tvm" and precision == "fp32":
+                                    record.update(_stage_round(stager, config, model, job, build_root, say))
                             else:
                                 _stage_source(stager, model, model_dir, adapter.source)
                             new_jobs.append(record)
@@ -489,7 +538,7 @@ def build_stage(config: StageConfig, progress: Callable[[str], None] | None = No
             "git_revision": git_revision(), "built_on": {"python": _this_python(), "packages": {
                 p: _safe_version(p) for p in ("apache-tvm", "torch", "onnx2torch", "jax", "keras", "onnxruntime", "onnx")}},
             **tvm_info, "carried": carried, "backends": config.backends, "precisions": config.precisions,
-            "batches": config.batches, "limit_bytes": limit, "size_bytes": 0,
+            "batches": config.batches, "tuning_trials": config.tuning_trials, "limit_bytes": limit, "size_bytes": 0,
             "tolerances": {p: [t.abs, t.rel, t.cosine] for p, t in TOLERANCES.items() if t.elementwise},
             "skipped": skipped, "jobs": jobs, "files": files,
         }

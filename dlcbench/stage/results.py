@@ -88,11 +88,46 @@ def stage_rows(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def import_results(path: Path, db: Path, experiment: str | None = None) -> dict[str, Any]:
-    """Stores a results file's rows with its environment record (a stage's, or an earlier bundle's).
+def commit_tuning(data: dict[str, Any], stage_dir: Path, tuning_db: Path | None = None) -> list[dict[str, Any]]:
+    """Commits the measured tuning rounds of a stage's results into the MetaSchedule database (``tuning_db``, or
+    the one each round was sampled from); returns one summary per round (:func:`~dlcbench.compilers.tvm.deferred.commit_round`'s).
+
+    Raises:
+        BadInputError: results of another stage, or measurements of another round.
+    """
+    import tempfile
+
+    from dlcbench.compilers.tvm.deferred import commit_round
+    from dlcbench.stage.build import read_stage_index
+    from dlcbench.stage.runner import unpack_file
+
+    index = read_stage_index(stage_dir)
+    if index["stage_id"] != data["stage"].get("stage_id"):
+        raise BadInputError(f"the results are of stage {data['stage'].get('stage_id')}, {stage_dir} is stage "
+                            f"{index['stage_id']}")
+    jobs = {j["id"]: j for j in index["jobs"]}
+    summaries = []
+    for job_id, measurements in (data.get("tuning") or {}).items():
+        job = jobs.get(job_id)
+        if job is None or not job.get("tuning_round"):
+            raise BadInputError(f"stage {index['stage_id']} has no tuning round for {job_id}")
+        if "error" in measurements:
+            summaries.append({"job": job_id, "error": measurements["error"], "committed": 0, "failed": 0})
+            continue
+        with tempfile.TemporaryDirectory(prefix="dlcbench-round-") as tmp:
+            unpack_file(Path(stage_dir), index, f"{job['tuning_round']}/round.json", Path(tmp) / "round.json")
+            summary = commit_round(Path(tmp), measurements, Path(tuning_db or job["tuning_db"]))
+        summaries.append({"job": job_id, "database": str(tuning_db or job["tuning_db"]), **summary})
+    return summaries
+
+
+def import_results(path: Path, db: Path, experiment: str | None = None, stage_dir: Path | None = None,
+                   tuning_db: Path | None = None) -> dict[str, Any]:
+    """Stores a results file's rows with its environment record (a stage's, or an earlier bundle's); with
+    ``stage_dir`` (the stage it ran), also commits its measured tuning rounds (:func:`commit_tuning`).
 
     A re-import replaces the rows of the same jobs. Returns ``{"experiment", "rows", "ok", "failed",
-    "environment_id"}``.
+    "environment_id", "tuning"}``.
     """
     from dlcbench.results.store import ResultsStore
     from dlcbench.stage import legacy
@@ -111,7 +146,9 @@ def import_results(path: Path, db: Path, experiment: str | None = None) -> dict[
         env_id = store.add_results(name, {"source": "stage", "stage": data["stage"], "timing": data.get("timing_config"),
                                           "results_file": str(path)}, environment, rows)
     ok = sum(r["status"] == "ok" for r in rows.values())
-    return {"experiment": name, "rows": len(rows), "ok": ok, "failed": len(rows) - ok, "environment_id": env_id}
+    tuning = commit_tuning(data, stage_dir, tuning_db) if stage_dir is not None and data.get("tuning") else []
+    return {"experiment": name, "rows": len(rows), "ok": ok, "failed": len(rows) - ok, "environment_id": env_id,
+            "tuning": tuning}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -9,6 +9,7 @@ Usage (anywhere; the stage is where run.py is)::
     python3 STAGE/run.py --out results.json               # every job
     python3 STAGE/run.py --self-check --out check.json    # unpack, import, probe each backend; runs no job
     python3 STAGE/run.py --backends tvm,torch --batches 1 --models mlp
+    python3 STAGE/run.py --no-tuning --out results.json   # the jobs only, not the stage's tuning rounds
 
 Steps: (1) *unpack*: the stage's files, some xz-compressed, big ``.npz`` files split into content-addressed arrays,
 are verified (SHA-256) and written to a work directory (``--workdir``, default a fresh temporary one, removed
@@ -20,7 +21,10 @@ the work directory. (2) each job runs through :func:`dlcbench.measure.job.run_jo
 compile time is measured there. The check (tolerances by precision, every check batch), the timed region
 (``resident``: inputs staged once, the device synchronised), the statistics and the native timer (TVM's
 ``time_evaluator``, CUDA events for PyTorch on a GPU) are a CPU job's. A crash or hang is a row with its
-category; the JSON file is rewritten after every job, so a run cut short keeps what it measured.
+category; the JSON file is rewritten after every job, so a run cut short keeps what it measured. (3) a stage
+with tuning rounds (``dlcbench stage --tuning-trials N``) then times every candidate schedule of each round on
+the runtime alone (:func:`dlcbench.compilers.tvm.deferred.measure_round`), into the JSON's ``tuning``; back
+here, ``dlcbench import-results --stage DIR`` commits them to the MetaSchedule database.
 
 Exit codes (dlcbench's): 0 all passed, 1 an output check failed, 2 bad usage or stage, 3 a backend or device
 unavailable here, 4 a job failed to compile, load or run, 7 a job crashed or timed out.
@@ -97,20 +101,32 @@ def unpack(stage_dir: Path, index: dict, workdir: Path) -> None:
                 arrays[key] = np.load(workdir / _safe_rel(blob), allow_pickle=False)
             np.savez(dst, **arrays)
             continue
-        src = stage_dir / _safe_rel(entry["stored"])
-        try:
-            if entry.get("compression") == "xz":
-                with lzma.open(src, "rb") as fin, open(dst, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
-            else:
-                shutil.copyfile(src, dst)
-        except (OSError, lzma.LZMAError) as err:
-            raise BadInputError(f"cannot unpack {entry['stored']}: {one_line(err, 200)}") from None
-        if sha256_file(dst) != entry["sha256"]:
-            raise BadInputError(f"{entry['stored']} is corrupt (SHA-256 mismatch)")
+        unpack_file(stage_dir, index, entry["path"], dst)
         if entry.get("executable"):
             dst.chmod(0o755)
     marker.write_text(index["stage_id"])
+
+
+def unpack_file(stage_dir: Path, index: dict, rel: str, dst: Path) -> None:
+    """Writes one stored file of a stage (``rel``, as the index names it) to ``dst``, checked against its SHA-256.
+
+    Raises:
+        BadInputError: no such file in the stage, or a corrupt one.
+    """
+    entry = next((e for e in index["files"] if e["path"] == rel and e.get("stored")), None)
+    if entry is None:
+        raise BadInputError(f"the stage has no {rel}")
+    src = stage_dir / _safe_rel(entry["stored"])
+    try:
+        if entry.get("compression") == "xz":
+            with lzma.open(src, "rb") as fin, open(dst, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        else:
+            shutil.copyfile(src, dst)
+    except (OSError, lzma.LZMAError) as err:
+        raise BadInputError(f"cannot unpack {entry['stored']}: {one_line(err, 200)}") from None
+    if sha256_file(dst) != entry["sha256"]:
+        raise BadInputError(f"{entry['stored']} is corrupt (SHA-256 mismatch)")
 
 
 def prepare_process(stage_dir: Path, workdir: Path) -> None:
@@ -183,6 +199,25 @@ def run_one(spec: dict, workdir: Path, args) -> dict:
             row = failure_row(err.category, str(err))
     return {"id": spec["id"], "job": {k: v for k, v in spec.items() if k != "manifest"}, "row": row,
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def measure_tuning_round(workdir: Path, spec: dict, index: dict) -> dict:
+    """Times every candidate of a job's deferred tuning round (:func:`dlcbench.compilers.tvm.deferred.measure_round`,
+    each task in a worker without ``tvm``); the measurements, or ``{"error": ...}``."""
+    from dlcbench.compilers.tvm.deferred import measure_round
+    from dlcbench.compilers.tvm.runtime_only import get_runtime
+
+    round_dir = workdir / _safe_rel(spec["tuning_round"])
+    t0 = time.perf_counter()
+    try:
+        done = measure_round(round_dir, get_runtime(index.get("threads")), write=False,
+                             progress=lambda line: print(f"... {line}", file=sys.stderr, flush=True))
+    except DlcbenchError as err:
+        return {"error": one_line(err, 1000), "round_id": spec.get("tuning_round_id")}
+    timed = sum(1 for c in done["candidates"].values() if "run_secs" in c)
+    print(f"tuning round of {spec['id']}: {timed}/{len(done['candidates'])} candidates timed in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    return done
 
 
 # --------------------------------------------------------------------------- environment
@@ -343,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", default=None, help="comma-separated precisions (default: all)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: all)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false", help="run every job in this process")
+    p.add_argument("--no-tuning", dest="tuning", action="store_false",
+                   help="skip the stage's tuning rounds (by default their candidates are timed after the jobs)")
     p.add_argument("--job-timeout", type=float, default=600.0,
                    help="seconds per job when isolated (compile included); then it is killed and recorded as a timeout "
                         "(default: 600)")
@@ -430,6 +467,12 @@ def run_all(stage_dir: Path, workdir: Path, index: dict, jobs: list[dict], args,
         report["results"].append(record)
         _write_json(args.out, report)
         print(summary_line(record), flush=True)
+    rounds = [spec for spec in jobs if spec.get("tuning_round")] if args.tuning else []
+    if rounds:
+        report["tuning"] = {}
+        for spec in rounds:
+            report["tuning"][spec["id"]] = measure_tuning_round(workdir, spec, index)
+            _write_json(args.out, report)
     rows = [r["row"] for r in report["results"]]
     categories = {r.get("category") for r in rows if r["status"] != "ok"}
     report["summary"] = {"total": len(jobs), "passed": sum(r["status"] == "ok" for r in rows),

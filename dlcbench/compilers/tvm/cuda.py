@@ -405,6 +405,15 @@ def _check_device_module(executable: Any, arch: str) -> None:
 
 
 _POSTPROC = "tvm_callback_cuda_postproc"
+
+
+def cuda_tuning_target(arch: str) -> dict[str, Any]:
+    """The CUDA target MetaSchedule samples and builds candidates for: ``arch`` with the limits its GPU rules read
+    (those of every NVIDIA GPU from sm_70 on, at the default 48 KiB of shared memory per block), LLVM host."""
+    if not _ARCH_RE.fullmatch(arch or ""):
+        raise BadInputError(f"CUDA arch must look like 'sm_90', got {arch!r}")
+    return {"kind": "cuda", "arch": arch, "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
+            "thread_warp_size": 32, "registers_per_block": 65536, "host": {"kind": "llvm"}}
 #: What marks tensor-core code in TVM's generated CUDA source: the MMA PTX instructions and the WMMA API.
 _TENSOR_CORE_MARKS = ("mma.sync", "wmma::", "ldmatrix", "mma_sync", "wgmma")
 

@@ -23,7 +23,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -169,6 +169,16 @@ def validate_database(path: Path, target: dict[str, Any], create: bool) -> None:
                 raise BadInputError(f"corrupt tuning database {path}: {name} line {number} is not valid JSON") from None
 
 
+def measured_places(path: Path) -> list[str]:
+    """Where the records of a database were measured (its :data:`MEASURED_ON_FILE`; empty if it has none)."""
+    file = Path(path) / MEASURED_ON_FILE
+    try:
+        places = json.loads(file.read_text()) if file.is_file() else []
+    except (OSError, ValueError):
+        places = []
+    return [str(p) for p in places] if isinstance(places, list) else []
+
+
 def record_measured_on(path: Path, where: str) -> None:
     """Adds ``where`` to the database's :data:`MEASURED_ON_FILE` (a device farm's records are that device's)."""
     file = Path(path) / MEASURED_ON_FILE
@@ -283,6 +293,8 @@ class TuningReport:
     tasks: list[dict[str, Any]]
     curve: list[dict[str, float]]
     measured_on: str = "local"
+    #: Where the database's records were measured, this run's and earlier ones (a deferred round's device...).
+    records_measured_on: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -307,12 +319,14 @@ def _build_candidate(mod, target):
     return path
 
 
-def _make_builder(workers: int, timeout_s: float):
+def _make_builder(workers: int, timeout_s: float, build: Callable | None = None):
     """A MetaSchedule builder whose worker processes live across batches.
 
     ``LocalBuilder`` starts a fresh process pool for every batch; with the intrinsic import that cost
-    ~30 s per batch of 16 candidates here, 80% of all tuning time.
+    ~30 s per batch of 16 candidates here, 80% of all tuning time. ``build(mod, target) -> path`` makes
+    each artifact (default: :func:`_build_candidate`'s tar of objects, linked by the runner).
     """
+    build_fn = build or _build_candidate
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
@@ -327,7 +341,7 @@ def _make_builder(workers: int, timeout_s: float):
         def build(self, build_inputs):
             results = []
             jobs = [(b.mod, b.target) for b in build_inputs]
-            for res in self.pool.map_with_error_catching(lambda job: _build_candidate(*job), jobs):
+            for res in self.pool.map_with_error_catching(lambda job: build_fn(*job), jobs):
                 if res.status == StatusKind.COMPLETE:
                     results.append(BuilderResult(res.value, None))
                 elif res.status == StatusKind.TIMEOUT:
@@ -578,6 +592,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
     )
     if done:
         record_measured_on(db_path, report.measured_on)
+    report.records_measured_on = measured_places(db_path)
     return database, report
 
 

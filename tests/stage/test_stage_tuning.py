@@ -1,0 +1,87 @@
+"""The deferred tuning round through a stage, ``--target cpu``: candidates sampled and built here, timed by the
+stage's ``run.py`` in another process (TVM's runtime alone), committed back by ``import-results --stage``, and a
+next stage built with that database applies the records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dlcbench.stage.build import read_stage_index
+from dlcbench_test_support import assert_one_line_error, run_script
+
+pytestmark = pytest.mark.slow
+
+TRIALS = 4
+
+
+def _stage(out: Path, *extra: str) -> None:
+    proc = run_script("scripts/stage.py", "-o", str(out), "--target", "cpu", "--models", "mlp:tiny", "--backends", "tvm",
+                      "--batch", "1", "--threads", "1", *extra, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_a_tuning_round_is_timed_there_and_committed_here(tmp_path):
+    database = tmp_path / "tuning-db"
+    stage, results = tmp_path / "stage", tmp_path / "results.json"
+    _stage(stage, "--tuning-trials", str(TRIALS), "--tuning-db", str(database))
+    index = read_stage_index(stage)
+    [job] = index["jobs"]
+    assert job["tuning_round"] == f"tuning/{job['id']}" and job["tuning_candidates"] >= 2 * TRIALS
+    assert any(e["path"].startswith(f"{job['tuning_round']}/candidates/") and e["path"].endswith(".so")
+               for e in index["files"])
+    proc = run_script(str(stage / "run.py"), "--out", str(results), "--min-seconds", "0.1", "--max-seconds", "1",
+                      cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(results.read_text())
+    measured = data["tuning"][job["id"]]
+    assert measured["round_id"] == job["tuning_round_id"] and measured["device"] == "cpu"
+    timed = [c for c in measured["candidates"].values() if "run_secs" in c]
+    assert len(timed) >= job["tuning_candidates"]  # every candidate, and each task's default schedule
+    assert not (database / "database_tuning_record.json").exists() or \
+        (database / "database_tuning_record.json").read_text().strip() == ""  # nothing committed yet
+    # back here: the rows, and the round committed into the database it was sampled from
+    db = tmp_path / "r.sqlite"
+    proc = run_script("scripts/import_results.py", str(results), "--db", str(db), "--stage", str(stage))
+    assert proc.returncode == 0, proc.stderr
+    assert f"tuning round of {job['id']}: {job['tuning_candidates']} record(s) committed, 0 failed" in proc.stdout
+    records = [line for line in (database / "database_tuning_record.json").read_text().splitlines() if line.strip()]
+    assert len(records) == job["tuning_candidates"]
+    assert "deferred cpu" in (database / "dlcbench-measured-on.json").read_text()
+    # the matmul task: its best candidate beats its default (untuned) schedule, both timed in one process there
+    from dlcbench.stage.runner import unpack_file
+
+    unpack_file(stage, index, f"{job['tuning_round']}/round.json", tmp_path / "round.json")
+    tasks = json.loads((tmp_path / "round.json").read_text())["tasks"]
+    matmul = next(t for t in tasks if "matmul" in t["name"])  # heaviest first
+    median = lambda cid: sorted(measured["candidates"][cid]["run_secs"])[1]  # noqa: E731
+    best = min(median(c["id"]) for c in matmul["candidates"])
+    assert best < median(matmul["baseline"]["id"]), (best, median(matmul["baseline"]["id"]))
+    # a next stage applies the database: its TVM job is built from the committed records, and passes
+    stage2, results2 = tmp_path / "stage2", tmp_path / "results2.json"
+    _stage(stage2, "--backend-option", f"tvm:tuning_db={database}")
+    [job2] = read_stage_index(stage2)["jobs"]
+    tuning = job2["manifest"]["extra"]["tuning"]
+    assert tuning["db"] == str(database) and tuning["new_trials"] == 0
+    assert any(p.startswith("deferred cpu") for p in tuning["records_measured_on"]), tuning["records_measured_on"]
+    applied = [t for t in tuning["tasks"] if "matmul" in t["name"]]
+    assert applied and all(t["existing"] >= TRIALS and t["best_ms"] for t in applied), tuning["tasks"]
+    proc = run_script(str(stage2 / "run.py"), "--out", str(results2), "--min-seconds", "0.1", "--max-seconds", "1",
+                      cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads(results2.read_text())["results"][0]["row"]["status"] == "ok"
+
+
+def test_tuning_round_refusals(tmp_path):
+    proc = run_script("scripts/stage.py", "-o", str(tmp_path / "s"), "--target", "cpu", "--models", "mlp:tiny",
+                      "--backends", "onnxruntime", "--tuning-trials", "2")
+    assert_one_line_error(proc, 2, "a tuning round needs the tvm backend")
+    proc = run_script("scripts/stage.py", "-o", str(tmp_path / "s"), "--target", "cpu", "--models", "mlp:tiny",
+                      "--backends", "tvm", "--precision", "fp16", "--tuning-trials", "2")
+    assert_one_line_error(proc, 2, "add fp32 to the precisions")
+    proc = run_script("scripts/stage.py", "-o", str(tmp_path / "s"), "--target", "cpu", "--models", "mlp:tiny",
+                      "--backends", "tvm", "--tuning-trials", "-1")
+    assert_one_line_error(proc, 2, "tuning_trials must be a non-negative integer")
+    assert not (tmp_path / "s").exists()
