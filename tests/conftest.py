@@ -82,7 +82,7 @@ SLOW_TESTS = {
     "test_the_suite_catches_a_resident_region_that_runs_end_to_end",
 }
 #: Conformance tests are slow for the backends with heavy imports or JIT compiles.
-SLOW_BACKENDS = ("tvm", "tensorflow", "xla", "inductor", "torch", "openvino")
+SLOW_BACKENDS = ("tvm", "tensorflow", "xla", "inductor", "torch", "openvino", "jax")
 SLOW_PARAMETRIZED = {"test_adapter_matches_reference", "test_artifact_reloads_in_fresh_process_with_same_outputs",
                      "test_unsupported_precision_is_a_one_line_cli_error", "test_tiny_zoo_model_exports_valid_onnx_matching_keras",
                      "test_resident_region_leaves_the_outputs_in_the_backend", "test_end_to_end_is_not_faster_than_resident"}

@@ -45,6 +45,7 @@ _BUILTIN = {
     "openvino": BackendEntry("openvino", "dlcbench.compilers.openvino_adapter:OpenVinoAdapter", "pip install -e '.[openvino]' (openvino==2026.4.1)"),
     "torch": BackendEntry("torch", "dlcbench.compilers.torch_adapter:TorchAdapter", "pip install -e '.[torch]' (torch==2.13.0, onnx2torch==1.5.15)"),
     "inductor": BackendEntry("inductor", "dlcbench.compilers.torch_adapter:InductorAdapter", "pip install -e '.[torch]' (torch==2.13.0, onnx2torch==1.5.15; needs a C++ compiler)"),
+    "jax": BackendEntry("jax", "dlcbench.compilers.jax_adapter:JaxAdapter", "pip install -e '.[jax]' (jax==0.10.2, jaxlib==0.10.2)", requires=("jax", "keras")),
 }
 
 

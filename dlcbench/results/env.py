@@ -17,7 +17,7 @@ from pathlib import Path
 from dlcbench import jsonio
 
 PACKAGES = ("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi",
-            "tensorrt", "openvino", "torch", "onnx2torch", "xgboost-cpu")
+            "tensorrt", "openvino", "torch", "onnx2torch", "jax", "jaxlib", "xgboost-cpu")
 _FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "sve")
 
 

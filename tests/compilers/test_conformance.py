@@ -30,9 +30,10 @@ def test_manifest_is_self_describing(conformance_compiled):  # noqa: F811
 def test_importing_compilers_imports_no_backend_library():
     code = (
         "import sys, dlcbench.compilers; from dlcbench.compilers.registry import describe_backends, get_adapter_class;"
-        "[get_adapter_class(n) for n in ('tvm', 'onnxruntime', 'tensorflow', 'xla', 'openvino', 'torch', 'inductor')];"
-        "print([m for m in ('tensorflow', 'tvm', 'tensorrt', 'onnxruntime', 'openvino', 'torch', 'onnx2torch')"
-        " if m in sys.modules])"
+        "[get_adapter_class(n) for n in ('tvm', 'onnxruntime', 'tensorflow', 'xla', 'openvino', 'torch', 'inductor',"
+        " 'jax')];"
+        "print([m for m in ('tensorflow', 'tvm', 'tensorrt', 'onnxruntime', 'openvino', 'torch', 'onnx2torch', 'jax',"
+        " 'keras') if m in sys.modules])"
     )
     proc = run_script("-c", code)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
@@ -47,14 +48,14 @@ def test_every_in_tree_session_has_a_resident_region():
     from dlcbench.compilers.registry import get_adapter_class
 
     found = {}
-    in_tree = ("tvm", "onnxruntime", "tensorflow", "xla", "trt", "tftrt", "openvino", "torch", "inductor")
+    in_tree = ("tvm", "onnxruntime", "tensorflow", "xla", "trt", "tftrt", "openvino", "torch", "inductor", "jax")
     for module_name in {get_adapter_class(name).__module__ for name in in_tree}:
         module = importlib.import_module(module_name)
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, Session) and cls is not Session and cls.__module__ == module_name:
                 found[name] = cls
     assert {"OnnxRuntimeSession", "TensorFlowSession", "OpenVinoSession", "TorchSession", "TvmSession",
-            "TensorRTSession", "TfTrtSession"} <= set(found)
+            "TensorRTSession", "TfTrtSession", "JaxSession"} <= set(found)
     for name, cls in found.items():
         assert cls.resident_region, f"{name} has no resident region"
         assert cls.prepare is not Session.prepare and cls.run_prepared is not Session.run_prepared, name
