@@ -363,6 +363,7 @@ def tuning_target(config: StageConfig) -> dict[str, Any]:
 def _stage_round(stager: Stager, config: StageConfig, model, job, build_root: Path, say) -> dict[str, Any]:
     """Samples and builds a deferred tuning round of ``job``'s model into ``tuning/<job>/``; returns the job
     record's fields that name it."""
+    from dlcbench.compilers.registry import get_adapter
     from dlcbench.compilers.tvm.deferred import export_round
     from dlcbench.compilers.tvm.tuning import default_db_dir
 
@@ -370,8 +371,11 @@ def _stage_round(stager: Stager, config: StageConfig, model, job, build_root: Pa
     database = config.tuning_db or default_db_dir(target)
     round_dir = build_root / "rounds" / Path(job.out_dir).name
     say(f"sampling a tuning round of {config.tuning_trials} candidate(s) per task for {Path(job.out_dir).name}")
+    # The workloads must be those the tuned build extracts: fast math is a cpu-only rewrite of the TVM adapter.
+    options = get_adapter("tvm").make_options(target=config.target, precision="fp32", threads=config.threads,
+                                              batch=job.batch, backend_options=job.backend_options)
     doc = export_round(model, target, database, config.tuning_trials, round_dir, max_tasks=config.tuning_max_tasks,
-                       seed=config.seed, progress=say)
+                       seed=config.seed, fast_math=config.target == "cpu" and options.fast_math, progress=say)
     base = f"tuning/{Path(job.out_dir).name}"
     for path in sorted(p for p in round_dir.rglob("*") if p.is_file()):
         stager.add_file(f"{base}/{path.relative_to(round_dir).as_posix()}", path, executable=path.suffix == ".so")
@@ -465,7 +469,7 @@ def build_stage(config: StageConfig, progress: Callable[[str], None] | None = No
 
         for name, preset in config.model_specs():
             label = f"{name}:{preset}"
-            checkpoint, before = stager.checkpoint(), stager.size()
+            checkpoint, before, skipped_before = stager.checkpoint(), stager.size(), len(skipped)
             new_jobs = []
             try:
                 for batch in config.batches:
@@ -508,6 +512,7 @@ def build_stage(config: StageConfig, progress: Callable[[str], None] | None = No
                                 raise _Oversize(stager.size() - before)
             except _Oversize as over:
                 stager.rollback(checkpoint)
+                del skipped[skipped_before:]  # the model is left out whole
                 reason = (f"would make the stage over its {limit / MB:.2f} MB limit (its jobs take at least "
                           f"{over.added / MB:.2f} MB, {max(limit - before - len(BOOTSTRAP), 0) / MB:.2f} MB were left)")
                 if not config.skip_oversize:
@@ -517,6 +522,7 @@ def build_stage(config: StageConfig, progress: Callable[[str], None] | None = No
                 continue
             except DlcbenchError as err:
                 stager.rollback(checkpoint)
+                del skipped[skipped_before:]
                 if not config.keep_going:
                     raise
                 skip(label, err.category, str(err))

@@ -85,3 +85,40 @@ def test_tuning_round_refusals(tmp_path):
                       "--backends", "tvm", "--tuning-trials", "-1")
     assert_one_line_error(proc, 2, "tuning_trials must be a non-negative integer")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_cuda_round_builds_sm90_candidates_and_a_tuned_cuda_build_applies_its_database(tmp_path):
+    """CUDA, compiled here without a GPU: the round's candidates hold sm_90 device code (their timing waits for a
+    GPU machine); the CUDA build takes the round's database (nothing measured yet, so dlight schedules everything,
+    and the manifest says so)."""
+    from dlcbench.compilers.tvm.cuda import device_code_archs, find_nvcc
+    from dlcbench.stage.runner import unpack_file
+
+    if find_nvcc() is None:
+        pytest.skip("nvcc (CUDA toolkit) not found; needed to build CUDA device code")
+    database, stage = tmp_path / "cuda-db", tmp_path / "stage"
+    proc = run_script("scripts/stage.py", "-o", str(stage), "--target", "cuda", "--arch", "sm_90", "--models", "mlp:tiny",
+                      "--backends", "tvm", "--batch", "1", "--threads", "1", "--tuning-trials", "2",
+                      "--tuning-max-tasks", "1", "--tuning-db", str(database), timeout=900)
+    if proc.returncode == 3:
+        pytest.skip(f"CUDA build unavailable here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    index = read_stage_index(stage)
+    [job] = index["jobs"]
+    unpack_file(stage, index, f"{job['tuning_round']}/round.json", tmp_path / "round.json")
+    round_doc = json.loads((tmp_path / "round.json").read_text())
+    assert round_doc["device"] == "cuda" and round_doc["target"]["arch"] == "sm_90"
+    [task] = round_doc["tasks"]
+    assert len(task["candidates"]) == 2 and all(c["library"] and not c["build_error"] for c in task["candidates"])
+    for cand in task["candidates"]:
+        unpack_file(stage, index, f"{job['tuning_round']}/{cand['library']}", tmp_path / "cand.so")
+        assert device_code_archs(tmp_path / "cand.so") == ["sm_90"]
+    proc = run_script("scripts/compile.py", "--backend", "tvm", "--target", "cuda", "--model", "mlp", "--preset", "tiny",
+                      "--compile-only", "--tuning-db", str(database), "--out", str(tmp_path / "tuned"), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    assert manifest["extra"]["tuning"]["db"] == str(database) and manifest["extra"]["tuning"]["tuned_functions"] == 0
+    assert manifest["extra"]["device_code_archs"] == ["sm_90"]
+    proc = run_script("scripts/compile.py", "--backend", "tvm", "--target", "cuda", "--model", "mlp", "--preset", "tiny",
+                      "--compile-only", "--tune-trials", "8", "--out", str(tmp_path / "x"))
+    assert_one_line_error(proc, 2, "MetaSchedule cannot measure cuda candidates on this machine", "--tuning-trials")

@@ -82,8 +82,9 @@ class TvmOptions(CompileOptions):
             raise BadInputError("tune_trials and tune_minutes must be non-negative")
         if not isinstance(self.fast_math, bool):
             raise BadInputError(f"fast_math must be true or false, got {self.fast_math!r}")
-        if self.target == "cuda" and self.tuning:
-            raise BadInputError("MetaSchedule tuning is supported for the cpu target only (cuda uses dlight schedules)")
+        if self.target == "cuda" and (self.tune_trials or self.tune_minutes):
+            raise BadInputError("MetaSchedule cannot measure cuda candidates on this machine: tune through a stage's "
+                                "deferred round (dlcbench stage --tuning-trials N), then give its database as tuning_db")
 
     @property
     def tracker(self):
@@ -406,12 +407,21 @@ class TvmAdapter(Adapter):
             from dlcbench.compilers.tvm.cuda import compile_cuda, device_code_archs
 
             code: dict[str, Any] = {}
-            executable = compile_cuda(mod, options.arch, code_report=code)
+            database = None
+            if options.tuning_db:
+                from dlcbench.compilers.tvm.cuda import cuda_tuning_target
+                from dlcbench.compilers.tvm.tuning import measured_places, open_database
+
+                database = open_database(Path(options.tuning_db), cuda_tuning_target(options.arch), create=False)
+            executable = compile_cuda(mod, options.arch, code_report=code, database=database)
             target_detail: Any = {"kind": "cuda", "arch": options.arch}
             # Whether dlight's schedules use tensor cores (its Matmul rule tensorizes fp16 matmuls whose every
             # non-batch extent is above 64): what the generated CUDA source says.
             extra: dict[str, Any] = {"tensor_cores": code["tensor_cores"], "cuda_kernels": code["kernels"],
                                      "tensor_core_kernels": code["tensor_core_kernels"]}
+            if database is not None:  # records of deferred rounds applied; dlight scheduled the rest
+                extra["tuning"] = {"db": str(options.tuning_db), "tuned_functions": code["tuned_functions"],
+                                   "records_measured_on": measured_places(Path(options.tuning_db))}
         else:
             executable, target_detail, extra = self._compile_cpu(mod, options)
         executable.export_library(str(out_dir / "model.so"))

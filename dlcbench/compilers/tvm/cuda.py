@@ -322,7 +322,7 @@ def _nvcc_error(err: Exception) -> str:
 
 
 def compile_cuda(mod, arch: str, *, compiler: str = "nvcc", sanitize_names: bool = True,
-                 code_report: dict[str, Any] | None = None):
+                 code_report: dict[str, Any] | None = None, database=None):
     """Compiles a Relax ``IRModule`` for ``{"kind": "cuda", "arch": arch}`` (host: LLVM).
 
     Returns the ``tvm.relax.VMExecutable``; its ``export_library(path)`` writes a shared
@@ -330,7 +330,11 @@ def compile_cuda(mod, arch: str, *, compiler: str = "nvcc", sanitize_names: bool
     e.g. ``"sm_90"``, ``"sm_80"`` or ``"sm_90a"``. Works with or without a GPU/driver.
 
     ``code_report``, when given, is filled with :func:`tensor_core_use` of the generated CUDA source (captured
-    through TVM's ``tvm_callback_cuda_postproc`` hook while compiling).
+    through TVM's ``tvm_callback_cuda_postproc`` hook while compiling), and ``tuned_functions``.
+
+    ``database`` (a MetaSchedule database of :func:`cuda_tuning_target`, filled by deferred rounds measured on a
+    GPU: :mod:`dlcbench.compilers.tvm.deferred`): its best records are applied first (the tuning pipeline of
+    :func:`dlcbench.compilers.tvm.tuning.prepare_module`, then ``apply_database``), dlight schedules the rest.
 
     Raises:
         BadInputError: ``arch`` is not ``sm_XX[a|f]``, or ``compiler`` is unknown.
@@ -355,7 +359,10 @@ def compile_cuda(mod, arch: str, *, compiler: str = "nvcc", sanitize_names: bool
     from tvm import relax
     from tvm.s_tir import dlight as dl
 
-    target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
+    if database is not None:
+        target = tvm.target.Target(cuda_tuning_target(arch))
+    else:
+        target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
     if sanitize_names:
         mod = sanitize_param_names(mod)
     sources: list[str] = []
@@ -369,8 +376,16 @@ def compile_cuda(mod, arch: str, *, compiler: str = "nvcc", sanitize_names: bool
     with _LOCK, _env(TVM_CUDA_COMPILE_MODE=compiler, TVM_COMPILE_FORCE_FALLBACK=None, PATH=path_env):
         tvm.register_global_func(_POSTPROC, capture, override=True)
         try:
+            tuned = 0
             with target:
-                mod = relax.get_pipeline("zero")(mod)
+                if database is not None:
+                    from dlcbench.compilers.tvm.tuning import apply_database, prepare_module
+
+                    mod = apply_database(prepare_module(mod, target), target, database)
+                    tuned = sum(1 for _, f in mod.functions.items()
+                                if f.attrs is not None and "tir.is_scheduled" in f.attrs and f.attrs["tir.is_scheduled"])
+                else:
+                    mod = relax.get_pipeline("zero")(mod)
                 mod = dl.ApplyDefaultSchedule(
                     dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
                 )(mod)
@@ -386,7 +401,7 @@ def compile_cuda(mod, arch: str, *, compiler: str = "nvcc", sanitize_names: bool
                 tvm_ffi.remove_global_func(_POSTPROC)
     _check_device_module(executable, arch)
     if code_report is not None:
-        code_report.update(tensor_core_use(sources))
+        code_report.update(tensor_core_use(sources), tuned_functions=tuned)
     return executable
 
 

@@ -90,7 +90,11 @@ def _model_module(model, input_shapes, separate_params: bool, fast_math: bool):
         from tvm import relax
 
         mod = relax.transform.FastMathTransform()(mod)
-    return mod
+    # Parameter names become kernel argument names: ONNX's ("dense/kernel:0") are no C identifiers, which nvcc
+    # refuses (the CUDA compile renames them too; structural equality of the tasks ignores names).
+    from dlcbench.compilers.tvm.cuda import sanitize_param_names
+
+    return sanitize_param_names(mod)
 
 
 def _static_onnx_shapes(proto) -> dict[str, list[int]]:
@@ -336,7 +340,8 @@ def _build_all(jobs, target, out_dir: Path, workers: int, timeout_s: float, say)
     failed = 0
     for (info, _), result in zip(jobs, results):
         if result.error_msg is not None or not result.artifact_path:
-            info["library"], info["build_error"] = None, one_line(str(result.error_msg), 300)
+            flat = " ".join(str(result.error_msg).split())
+            info["library"], info["build_error"] = None, flat if len(flat) <= 400 else "..." + flat[-397:]  # the cause
             failed += 1
             continue
         rel = f"{CANDIDATE_DIR}/{info['id']}.so"
