@@ -37,3 +37,15 @@ def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise BadInputError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def option_value(text: str) -> Any:
+    """A ``KEY=VALUE`` option's value as the command line gives it: JSON where it parses (``true``, ``8``,
+    ``[1, 2]``), else the string itself."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+

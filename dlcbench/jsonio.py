@@ -60,3 +60,23 @@ def _clean(value: Any, path: str, found: dict[str, str]) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def load_file(path) -> Any:
+    """The JSON value in file ``path``.
+
+    Raises:
+        dlcbench.errors.BadInputError: the file cannot be read, or is not JSON (one line naming it).
+    """
+    from pathlib import Path
+
+    from dlcbench.errors import BadInputError, one_line
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except OSError as err:
+        raise BadInputError(f"cannot read {path}: {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadInputError(f"{path} is not JSON: {one_line(err, 120)}") from None
+

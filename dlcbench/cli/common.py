@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from dlcbench.config import option_value
 from dlcbench.errors import BadInputError
 
 
@@ -15,10 +15,7 @@ def parse_params(pairs: list[str] | None, flag: str = "--param") -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise BadInputError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            params[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.replace("-", "_")] = value
+        params[key.replace("-", "_")] = option_value(value)
     return params
 
 

@@ -190,6 +190,24 @@ class Session(abc.ABC):
         """Per-run seconds from the backend's own timer, or None when it has none."""
         return None
 
+    def checked_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``inputs`` in the manifest's order, C-contiguous, each of the manifest's shape (for backends that
+        compiled for fixed shapes).
+
+        Raises:
+            BadInputError: an input is missing or has another shape.
+        """
+        names = [i["name"] for i in self.manifest.inputs]
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise BadInputError(f"missing input(s) {', '.join(missing)}; expected {', '.join(names)}")
+        for spec in self.manifest.inputs:
+            if list(inputs[spec["name"]].shape) != list(spec["shape"]):
+                raise BadInputError(
+                    f"input {spec['name']} has shape {list(inputs[spec['name']].shape)}, artifact expects {spec['shape']}")
+        # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d inputs into 1-d ones.
+        return [np.asarray(inputs[n], order="C") for n in names]
+
     def close(self) -> None:
         """Releases the backend's resources. Safe to call twice."""
 

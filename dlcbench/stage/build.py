@@ -45,14 +45,14 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 from dlcbench import __version__, jsonio
-from dlcbench.config import positive_int, split_list
-from dlcbench.errors import BackendUnavailableError, BadInputError, DlcbenchError, one_line
+from dlcbench.config import option_value, positive_int, split_list
+from dlcbench.errors import BadInputError, DlcbenchError, one_line
 from dlcbench.outputs import OutputKind, Owned, StagedOutput, check_replaceable
 from dlcbench.stage.files import (MB, Stager, default_wheel_cache, dlcbench_files, package_files, python_dependencies,
                                   runtime_libraries, tvm_ffi_files, dist_info, tvm_ffi_version)
@@ -232,9 +232,10 @@ class StageConfig:
         """``(name, preset)`` pairs in the order given."""
         return [(spec.partition(":")[0], spec.partition(":")[2] or self.preset) for spec in self.models]
 
-    def options_by_backend(self) -> dict[str, dict[str, str]]:
-        """:attr:`backend_options` as ``backend -> {key: value}`` (values coerced by each adapter's options)."""
-        out: dict[str, dict[str, str]] = {}
+    def options_by_backend(self) -> dict[str, dict[str, Any]]:
+        """:attr:`backend_options` as ``backend -> {key: value}``, values read as ``--option`` reads them (JSON where
+        they parse, else strings) and coerced by each adapter's options."""
+        out: dict[str, dict[str, Any]] = {}
         for text in self.backend_options:
             m = _OPTION_RE.fullmatch(text.strip())
             if not m:
@@ -242,7 +243,7 @@ class StageConfig:
             if m.group(1) not in self.backends:
                 raise BadInputError(f"backend option {text!r} names {m.group(1)}, which is not among the backends "
                                     f"({', '.join(self.backends)})")
-            out.setdefault(m.group(1), {})[m.group(2)] = m.group(3)
+            out.setdefault(m.group(1), {})[m.group(2)] = option_value(m.group(3))
         return out
 
     def carried(self) -> list[str]:
@@ -417,6 +418,7 @@ def build_stage(config: StageConfig, progress: Callable[[str], None] | None = No
         if adapter.cross_compiles:
             adapter.require_available()  # built here
     options = config.options_by_backend()
+    refused = _refused_options(config, adapters, options)
     staged = StagedOutput(config.out_dir, STAGE)
     staging = staged.directory
     build_tmp = None if config.build_dir else tempfile.TemporaryDirectory(prefix="dlcbench-stage-build-")
@@ -479,6 +481,9 @@ def build_stage(config: StageConfig, progress: Callable[[str], None] | None = No
                             if precision not in adapter.precisions_for(config.target):
                                 skip(job_id, "unsupported", f"{backend} has no {precision} on {config.target}; its "
                                      f"precisions there: {', '.join(adapter.precisions_for(config.target))}")
+                                continue
+                            if (backend, precision) in refused:
+                                skip(job_id, "bad_input", refused[(backend, precision)])
                                 continue
                             backend_options = dict(options.get(backend, {}))
                             option_names = {f.name for f in dataclasses.fields(adapter.Options)}
@@ -557,6 +562,29 @@ def build_stage(config: StageConfig, progress: Callable[[str], None] | None = No
         staged.discard()
         if build_tmp is not None:
             build_tmp.cleanup()
+
+
+def _refused_options(config: StageConfig, adapters, options) -> dict[tuple[str, str], str]:
+    """``(backend, precision) -> why`` for the jobs whose options their adapter refuses (``tf32`` with fp16...),
+    checked before anything is built.
+
+    Raises:
+        BadInputError: a backend's options are refused at every precision (an unknown option, a bad value).
+    """
+    refused = {}
+    for name, adapter in adapters.items():
+        precisions = [p for p in config.precisions if p in adapter.precisions_for(config.target)]
+        errors = {}
+        for precision in precisions:
+            try:
+                adapter.make_options(target=config.target, precision=precision, threads=config.threads,
+                                     batch=config.batches[0], backend_options=dict(options.get(name, {})))
+            except BadInputError as err:
+                errors[precision] = str(err)
+        if precisions and len(errors) == len(precisions):
+            raise BadInputError(f"backend {name}: {errors[precisions[0]]}")
+        refused.update({(name, p): why for p, why in errors.items()})
+    return refused
 
 
 class _Oversize(Exception):

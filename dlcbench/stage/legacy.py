@@ -28,13 +28,10 @@ def load_bundle_results(path: Path) -> dict[str, Any]:
     Raises:
         BadInputError: missing, not JSON, not a results file, or a self-check report.
     """
+    from dlcbench import jsonio
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise BadInputError(f"cannot read {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{path} is not JSON: {one_line(err, 120)}") from None
+    data = jsonio.load_file(path)
     if not isinstance(data, dict) or data.get("format") not in (RESULTS_FORMAT, RESULTS_FORMAT_V1):
         raise BadInputError(f"{path} is not a dlcbench GPU results file (format {data.get('format') if isinstance(data, dict) else None!r})")
     if data.get("mode") != "run":

@@ -27,13 +27,10 @@ def load_results(path: Path) -> dict[str, Any]:
     Raises:
         BadInputError: missing, not JSON, not a stage's run results (a self-check report is refused).
     """
+    from dlcbench import jsonio
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise BadInputError(f"cannot read {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{path} is not JSON: {one_line(err, 120)}") from None
+    data = jsonio.load_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else None
         raise BadInputError(f"{path} is not a dlcbench stage results file (format {found!r})")

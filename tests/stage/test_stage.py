@@ -531,3 +531,19 @@ def test_import_rejects_what_is_not_run_results(tmp_path):
     assert_one_line_error(proc, 2, "is not JSON")
     proc = run_script("scripts/import_results.py", str(tmp_path / "missing.json"))
     assert_one_line_error(proc, 2, "cannot read")
+
+
+def test_backend_options_are_checked_before_anything_is_built(tmp_path):
+    """An option no precision accepts is one line before any export; one that only some precisions accept leaves
+    the others' jobs out with the adapter's reason (values read as --option reads them: ``true`` is a bool)."""
+    proc = _build(tmp_path / "a", "--target", "cpu", "--backend-option", "tvm:nosuch=1")
+    assert_one_line_error(proc, 2, "backend tvm: unknown option(s) for tvm: nosuch; valid: arch")
+    assert "compiling" not in proc.stderr and not (tmp_path / "a").exists()
+    proc = _build(tmp_path / "b", "--target", "cuda", "--precision", "fp32,fp16", "--backend-option", "torch:tf32=true",
+                  backends="torch")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    index = read_stage_index(tmp_path / "b")
+    [job] = index["jobs"]
+    assert job["precision"] == "fp32" and job["backend_options"] == {"tf32": True} and job["artifact"] is None
+    [left_out] = index["skipped"]
+    assert left_out["what"] == "mlp-tiny-b1-torch-fp16" and "tf32=true needs target cuda and precision fp32" in left_out["reason"]

@@ -202,20 +202,10 @@ class TvmSession(Session):
         if transform_params and self._params and _has_function(self._vm, "main_transform_params"):
             # Tuned CPU builds prepack weights into the layouts MetaSchedule chose; once, like ORT at load.
             self._params = list(self._vm["main_transform_params"](self._params))
-        self._input_names = [i["name"] for i in manifest.inputs]
         self._staged: list | None = None
 
     def _args(self, inputs):
-        missing = [n for n in self._input_names if n not in inputs]
-        if missing:
-            raise BadInputError(f"missing input(s) {', '.join(missing)}; expected {', '.join(self._input_names)}")
-        for spec in self.manifest.inputs:
-            if list(inputs[spec["name"]].shape) != list(spec["shape"]):
-                raise BadInputError(
-                    f"input {spec['name']} has shape {list(inputs[spec['name']].shape)}, artifact expects {spec['shape']}"
-                )
-        # np.asarray(order="C"), not ascontiguousarray: the latter turns 0-d inputs into 1-d ones.
-        return [self._tvm.runtime.tensor(np.asarray(inputs[n], order="C"), self._device) for n in self._input_names]
+        return [self._tvm.runtime.tensor(x, self._device) for x in self.checked_inputs(inputs)]
 
     def _outputs(self, result) -> dict[str, np.ndarray]:
         values = [result] if hasattr(result, "numpy") else list(result)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dlcbench.compilers.base import Manifest, Session
-from dlcbench.errors import BackendRuntimeError, BackendUnavailableError, BadInputError, DlcbenchError, one_line
+from dlcbench.errors import BackendRuntimeError, BackendUnavailableError, DlcbenchError, one_line
 
 #: The directory holding ``libtvm_runtime.so`` (and the CUDA runtime libraries) to load artifacts with.
 RUNTIME_ENV = "DLCBENCH_TVM_RUNTIME"
@@ -200,18 +200,10 @@ class RuntimeOnlySession(Session):
             raise
         except Exception as err:  # tvm_ffi raises RuntimeError subclasses
             raise BackendRuntimeError(f"tvm runtime could not load {artifact_dir}: {one_line(err, 300)}") from None
-        self._input_names = [i["name"] for i in manifest.inputs]
         self._staged: list | None = None
 
     def _args(self, inputs):
-        missing = [n for n in self._input_names if n not in inputs]
-        if missing:
-            raise BadInputError(f"missing input(s) {', '.join(missing)}; expected {', '.join(self._input_names)}")
-        for spec in self.manifest.inputs:
-            if list(inputs[spec["name"]].shape) != list(spec["shape"]):
-                raise BadInputError(
-                    f"input {spec['name']} has shape {list(inputs[spec['name']].shape)}, artifact expects {spec['shape']}")
-        return [self.rt.to_device(inputs[n], self.device) for n in self._input_names]
+        return [self.rt.to_device(x, self.device) for x in self.checked_inputs(inputs)]
 
     def run(self, inputs):
         args = self._args(inputs)
