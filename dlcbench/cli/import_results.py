@@ -42,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = import_results(args.results, args.db, args.experiment, stage_dir=args.stage, tuning_db=args.tuning_db)
     print(f"imported {summary['rows']} row(s) ({summary['ok']} ok, {summary['failed']} failed) into experiment "
           f"{summary['experiment']!r} of {args.db}")
+    if summary.get("tuning_not_committed"):
+        print(f"the results hold tuning rounds ({', '.join(summary['tuning_not_committed'])}): give --stage DIR (the "
+              "stage that ran) to commit them to the tuning database")
     for t in summary.get("tuning") or []:
+        if t.get("already_committed"):
+            print(f"tuning round of {t['job']}: already committed to {t['database']}; nothing added")
+            continue
         if t.get("error"):
             print(f"tuning round of {t['job']}: not measured there: {t['error']}")
             continue

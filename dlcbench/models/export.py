@@ -616,8 +616,7 @@ def entry_damage(directory: Path, key: str) -> tuple[str | None, dict[str, Any] 
 
 
 #: The files of an export every job needs, whatever its backend compiles from.
-EXPORT_CORE_FILES = ("inputs.npz", "reference.npz", "check_inputs.npz", "check_reference.npz", "labelled.npz",
-                     "calibration.npz")
+EXPORT_CORE_FILES = ("inputs.npz", "reference.npz", "check_inputs.npz", "check_reference.npz", "calibration.npz")
 
 
 def export_files_for(meta: dict[str, Any], source: str) -> list[str]:

@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -73,9 +74,12 @@ _PY_RE = re.compile(r"3\.(\d{1,2})")
 _OPTION_RE = re.compile(r"([A-Za-z0-9_.-]+):([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 BOOTSTRAP = '''#!/usr/bin/env python3
 """Runs this dlcbench stage here: every job checked and timed, results to JSON (python3 run.py --help)."""
+import os
 import sys
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # the stage stays as it was built, in this process and every one it starts
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent / "py"))  # the stage's dlcbench, never an installed one
 try:
     import numpy  # noqa: F401
@@ -340,8 +344,8 @@ def _stage_source(stager: Stager, model, base: str, source: str) -> None:
     from dlcbench.models.export import export_files_for
 
     for rel in export_files_for(model.meta, source):
-        if (model.directory / rel).is_file():
-            stager.add_file(f"{base}/{rel}", model.directory / rel)
+        if (model.directory / rel).is_file():  # whole, never split: the job checks them against the export's SHA-256
+            stager.add(f"{base}/{rel}", (model.directory / rel).read_bytes())
 
 
 def _stage_artifact(stager: Stager, artifact: Path, base: str) -> None:
@@ -371,6 +375,8 @@ def _stage_round(stager: Stager, config: StageConfig, model, job, build_root: Pa
     target = tuning_target(config)
     database = config.tuning_db or default_db_dir(target)
     round_dir = build_root / "rounds" / Path(job.out_dir).name
+    if round_dir.is_dir() and (round_dir / "round.json").is_file():
+        shutil.rmtree(round_dir)  # an earlier build's round in a kept --build-dir (export_round wants it empty)
     say(f"sampling a tuning round of {config.tuning_trials} candidate(s) per task for {Path(job.out_dir).name}")
     # The workloads must be those the tuned build extracts: fast math is a cpu-only rewrite of the TVM adapter.
     options = get_adapter("tvm").make_options(target=config.target, precision="fp32", threads=config.threads,

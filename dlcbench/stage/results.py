@@ -20,6 +20,9 @@ from typing import Any
 from dlcbench.errors import BadInputError, one_line
 from dlcbench.stage.runner import FORMAT
 
+#: The round ids a MetaSchedule database has had committed from stages (one a line), so none is committed twice.
+COMMITTED_ROUNDS_FILE = "dlcbench-committed-rounds.txt"
+
 
 def load_results(path: Path) -> dict[str, Any]:
     """Reads and validates a stage's results JSON.
@@ -111,10 +114,19 @@ def commit_tuning(data: dict[str, Any], stage_dir: Path, tuning_db: Path | None 
         if "error" in measurements:
             summaries.append({"job": job_id, "error": measurements["error"], "committed": 0, "failed": 0})
             continue
+        database = Path(tuning_db or job["tuning_db"])
+        ledger = database / COMMITTED_ROUNDS_FILE
+        done = set(ledger.read_text().split()) if ledger.is_file() else set()
+        if measurements.get("round_id") in done:  # a re-import commits nothing twice
+            summaries.append({"job": job_id, "database": str(database), "already_committed": True, "committed": 0,
+                              "failed": 0, "tasks": []})
+            continue
         with tempfile.TemporaryDirectory(prefix="dlcbench-round-") as tmp:
             unpack_file(Path(stage_dir), index, f"{job['tuning_round']}/round.json", Path(tmp) / "round.json")
-            summary = commit_round(Path(tmp), measurements, Path(tuning_db or job["tuning_db"]))
-        summaries.append({"job": job_id, "database": str(tuning_db or job["tuning_db"]), **summary})
+            summary = commit_round(Path(tmp), measurements, database)
+        with open(ledger, "a") as fh:
+            fh.write(f"{measurements['round_id']}\n")
+        summaries.append({"job": job_id, "database": str(database), **summary})
     return summaries
 
 
@@ -136,6 +148,12 @@ def import_results(path: Path, db: Path, experiment: str | None = None, stage_di
     if fmt in legacy.BUNDLE_FORMATS:
         return {**legacy.import_bundle_results(path, db, experiment), "legacy": True}
     data = load_results(path)
+    if stage_dir is not None:  # before any row is stored: a wrong --stage imports nothing
+        from dlcbench.stage.build import read_stage_index
+
+        if read_stage_index(stage_dir)["stage_id"] != data["stage"].get("stage_id"):
+            raise BadInputError(f"the results are of stage {data['stage'].get('stage_id')}, {stage_dir} is stage "
+                                f"{read_stage_index(stage_dir)['stage_id']}")
     name = experiment or default_experiment(data)
     environment = {**data["environment"], "stage": data["stage"], "results_file": Path(path).name}
     rows = stage_rows(data)
@@ -145,7 +163,7 @@ def import_results(path: Path, db: Path, experiment: str | None = None, stage_di
     ok = sum(r["status"] == "ok" for r in rows.values())
     tuning = commit_tuning(data, stage_dir, tuning_db) if stage_dir is not None and data.get("tuning") else []
     return {"experiment": name, "rows": len(rows), "ok": ok, "failed": len(rows) - ok, "environment_id": env_id,
-            "tuning": tuning}
+            "tuning": tuning, "tuning_not_committed": sorted(data.get("tuning") or {}) if stage_dir is None else []}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

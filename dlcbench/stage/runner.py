@@ -37,6 +37,7 @@ import json
 import lzma
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,7 @@ from dlcbench.measure.timing import TimingConfig
 from dlcbench.orchestrate import launcher
 
 FORMAT = "dlcbench-stage-results/1"
+_JOB_ID = re.compile(r"[A-Za-z0-9_.:+-]+")
 #: The stage directory this copy of dlcbench belongs to, when it is a stage's ``py/dlcbench``.
 _STAGE_OF_THIS_COPY = Path(dlcbench.__file__).resolve().parents[2]
 
@@ -85,36 +87,56 @@ def unpack(stage_dir: Path, index: dict, workdir: Path) -> None:
         BadInputError: a corrupt or missing file, an entry outside the stage, a work directory that is not empty.
     """
     marker = workdir / ".unpacked"
-    if marker.is_file() and marker.read_text() == index["stage_id"]:
+    state = marker.read_text() if marker.is_file() else None
+    if state == index["stage_id"]:
         return
-    if not marker.is_file() and any(workdir.iterdir()):
+    if state is None and any(workdir.iterdir()):
         raise BadInputError(f"work directory {workdir} is not empty and was not unpacked from a stage: "
                             "give an empty or new --workdir")
+    if state is not None and state != f"unpacking {index['stage_id']}":
+        raise BadInputError(f"work directory {workdir} holds another stage's files ({state.split()[-1]}): "
+                            "give an empty or new --workdir")
+    marker.write_text(f"unpacking {index['stage_id']}")  # an unpack cut short resumes on the next run
+    by_path = {e["path"]: e for e in index["files"]}
     for entry in index["files"]:  # split .npz entries come last: their arrays are unpacked first
         dst = workdir / _safe_rel(entry["path"])
         if entry["path"].startswith("py/"):
             continue  # imported from the stage directory itself
         dst.parent.mkdir(parents=True, exist_ok=True)
         if entry.get("npz") is not None:
-            arrays = {}
-            for key, blob in entry["npz"]:
-                arrays[key] = np.load(workdir / _safe_rel(blob), allow_pickle=False)
-            np.savez(dst, **arrays)
+            if any(blob not in by_path for _, blob in entry["npz"]):
+                raise BadInputError(f"stage index entry {entry['path']!r} names arrays the stage does not hold")
+            arrays = {key: np.load(workdir / _safe_rel(blob), allow_pickle=False) for key, blob in entry["npz"]}
+            with open(dst, "wb") as fout:
+                write_npz(fout, arrays)
             continue
-        unpack_file(stage_dir, index, entry["path"], dst)
+        unpack_file(stage_dir, index, entry, dst)
         if entry.get("executable"):
             dst.chmod(0o755)
     marker.write_text(index["stage_id"])
 
 
-def unpack_file(stage_dir: Path, index: dict, rel: str, dst: Path) -> None:
-    """Writes one stored file of a stage (``rel``, as the index names it) to ``dst``, checked against its SHA-256.
+def write_npz(fout, arrays: dict) -> None:
+    """What ``np.savez`` writes (one ``NAME.npy`` member an array, stored), for any array name: ``savez`` takes
+    names as keywords, so ``file`` or ``allow_pickle`` would be its own arguments."""
+    import zipfile
+
+    with zipfile.ZipFile(fout, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+
+
+def unpack_file(stage_dir: Path, index: dict, rel: "str | dict", dst: Path) -> None:
+    """Writes one stored file of a stage (``rel`` as the index names it, or its index entry) to ``dst``, checked
+    against its SHA-256.
 
     Raises:
         BadInputError: no such file in the stage, or a corrupt one.
     """
-    entry = next((e for e in index["files"] if e["path"] == rel and e.get("stored")), None)
-    if entry is None:
+    entry = rel if isinstance(rel, dict) else next(
+        (e for e in index["files"] if e["path"] == rel and e.get("stored")), None)
+    if entry is None or not entry.get("stored"):
         raise BadInputError(f"the stage has no {rel}")
     src = stage_dir / _safe_rel(entry["stored"])
     try:
@@ -143,6 +165,7 @@ def prepare_process(stage_dir: Path, workdir: Path) -> None:
     if (workdir / "lib" / "libtvm_runtime.so").is_file():
         os.environ[RUNTIME_ENV] = str(workdir / "lib")
     os.environ["DLCBENCH_CACHE"] = str(workdir / "cache")
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # workers import the stage's dlcbench: the stage stays as built
 
 
 # --------------------------------------------------------------------------- jobs
@@ -175,6 +198,8 @@ def job_config(spec: dict, workdir: Path, args):
     from dlcbench.stage.build import JOB_FIELDS
 
     prebuilt = bool(spec.get("artifact"))
+    if not _JOB_ID.fullmatch(str(spec["id"])):
+        raise BadInputError(f"stage job id {spec['id']!r} is not a plain name; refusing it")
     out_dir = workdir / _safe_rel(spec["artifact"]) if prebuilt else workdir / "out" / spec["id"]
     fields = {k: spec[k] for k in JOB_FIELDS}
     fields["tolerances"] = list(fields.get("tolerances") or []) + list(args.tolerance or [])
@@ -212,8 +237,9 @@ def measure_tuning_round(workdir: Path, spec: dict, index: dict) -> dict:
     try:
         done = measure_round(round_dir, get_runtime(index.get("threads")), write=False,
                              progress=lambda line: print(f"... {line}", file=sys.stderr, flush=True))
-    except DlcbenchError as err:
-        return {"error": one_line(err, 1000), "round_id": spec.get("tuning_round_id")}
+    except Exception as err:  # a round that cannot be timed is recorded; the jobs' results stand
+        return {"error": one_line(f"{type(err).__name__}: {err}" if not isinstance(err, DlcbenchError) else err, 1000),
+                "round_id": spec.get("tuning_round_id")}
     timed = sum(1 for c in done["candidates"].values() if "run_secs" in c)
     print(f"tuning round of {spec['id']}: {timed}/{len(done['candidates'])} candidates timed in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
@@ -324,7 +350,8 @@ def self_check(stage_dir: Path, workdir: Path, index: dict) -> dict:
 
 
 def check_results_file(path: Path, stage_id: str) -> None:
-    """Refuses an existing ``--out`` unless it is results of this stage (a rerun replaces its own results).
+    """Refuses an existing ``--out`` unless it is results of this stage; earlier run results are renamed
+    ``NAME.N.json`` first, never overwritten.
 
     Raises:
         BadInputError: ``path`` is a directory, or a file this stage did not write.
@@ -337,6 +364,13 @@ def check_results_file(path: Path, stage_id: str) -> None:
         data = None
     if not (isinstance(data, dict) and data.get("format") == FORMAT and (data.get("stage") or {}).get("stage_id") == stage_id):
         raise BadInputError(f"{path} exists and is not this stage's results; give another --out")
+    if data.get("mode") == "run" and data.get("results"):  # a finished (or partial) run is never lost: kept aside
+        n = 1
+        while path.with_name(f"{path.stem}.{n}{path.suffix}").exists():
+            n += 1
+        kept = path.with_name(f"{path.stem}.{n}{path.suffix}")
+        os.replace(path, kept)
+        print(f"earlier results of this stage kept as {kept}", file=sys.stderr)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -417,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     if (stage_dir / "py" / "dlcbench").is_dir() and not Path(dlcbench.__file__).resolve().is_relative_to(stage_dir / "py"):
         raise BadInputError(f"dlcbench was imported from {dlcbench.__file__}, not from the stage's {stage_dir / 'py'}: "
                             f"run {stage_dir / 'run.py'}")
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if index.get("python") and index["python"] != here and any(e["path"].endswith(".so") for e in index["files"]
+                                                             if e["path"].startswith("site/")):
+        raise BadInputError(f"this stage carries compiled packages for Python {index['python']}, this is {here}: "
+                            f"run it with python{index['python']}, or build it with --python {here}")
     jobs = select_jobs(index, args)
     check_results_file(args.out, index["stage_id"])
     owned = args.workdir is None and not args.keep_workdir  # removed afterwards, by the janitor if we are killed

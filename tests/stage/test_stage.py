@@ -189,7 +189,7 @@ def test_cpu_stage_runs_checks_and_times_in_fresh_python(cpu_bundle, numpy_only,
             runpy.run_path(sys.argv[0], run_name="__main__")
         except SystemExit as exit:
             code = exit.code
-        loaded = {{m.split(".")[0] for m, mod in sys.modules.items() if mod is not None}}  # torch is blocked as None
+        loaded = {{m.split(".")[0] for m, mod in sys.modules.items() if mod is not None}}
         roots = sorted(loaded & set({FORBIDDEN!r}))
         ours = {{m: mod.__file__ for m, mod in sys.modules.items() if m.split(".")[0] == "dlcbench"}}
         print(json.dumps({{"code": code, "forbidden": roots, "path": sys.path, "dlcbench": ours}}))
@@ -254,6 +254,13 @@ def test_cpu_stage_isolated_run_and_unknown_model(cpu_bundle, numpy_only, tmp_pa
     data = json.loads(out.read_text())
     assert data["isolated"] and data["results"][0]["row"]["status"] == "ok"
     assert list(scratch.iterdir()) == []  # the work directory and the worker's directory are gone
+    assert not list(cpu_bundle.rglob("__pycache__"))  # running it wrote nothing into the stage
+    # a rerun, and a self-check, into the same file: the finished results are kept aside, never overwritten
+    proc = fresh_python(cpu_bundle / "run.py", "--out", str(out), "--self-check", numpy_dir=numpy_only, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert f"earlier results of this stage kept as {tmp_path / 'results.1.json'}" in proc.stderr
+    assert json.loads((tmp_path / "results.1.json").read_text()) == data
+    assert json.loads(out.read_text())["mode"] == "self-check"
     proc = fresh_python(cpu_bundle / "run.py", "--models", "gpt", "--out", str(out), numpy_dir=numpy_only, cwd=tmp_path)
     assert_one_line_error(proc, 2, "not in this stage: model gpt")
     proc = fresh_python(cpu_bundle / "run.py", "--backends", "jax", "--out", str(out), numpy_dir=numpy_only, cwd=tmp_path)
@@ -276,6 +283,21 @@ def test_run_py_never_overwrites_what_it_did_not_write(cpu_bundle, numpy_only, t
     assert_one_line_error(proc, 2, "is not empty and was not unpacked from a stage")
     assert {p: p.read_bytes() for p in before} == before and sorted(os.listdir(workdir)) == ["thesis.txt"]
     assert not (tmp_path / "r.json").exists()
+    # a work directory of another stage is refused; one whose unpack was cut short resumes
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".unpacked").write_text("0123456789abcdef")
+    (other / "lib").mkdir()
+    proc = fresh_python(cpu_bundle / "run.py", "--out", str(tmp_path / "r.json"), "--workdir", str(other),
+                        "--self-check", numpy_dir=numpy_only, cwd=tmp_path)
+    assert_one_line_error(proc, 2, "holds another stage's files (0123456789abcdef)")
+    stage_id = read_stage_index(cpu_bundle)["stage_id"]
+    (other / ".unpacked").write_text(f"unpacking {stage_id}")
+    (other / "lib" / "libtvm_runtime.so").write_bytes(b"half")
+    proc = fresh_python(cpu_bundle / "run.py", "--out", str(tmp_path / "r.json"), "--workdir", str(other),
+                        "--self-check", numpy_dir=numpy_only, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert (other / ".unpacked").read_text() == stage_id
 
 
 def _worker_of(marker: str) -> int | None:
@@ -547,3 +569,14 @@ def test_backend_options_are_checked_before_anything_is_built(tmp_path):
     assert job["precision"] == "fp32" and job["backend_options"] == {"tf32": True} and job["artifact"] is None
     [left_out] = index["skipped"]
     assert left_out["what"] == "mlp-tiny-b1-torch-fp16" and "tf32=true needs target cuda and precision fp32" in left_out["reason"]
+
+
+def test_a_stage_for_another_python_says_so(tmp_path):
+    """Compiled packages carried for another Python: run.py refuses in one line instead of failing every job."""
+    other = "3.12" if HERE != "3.12" else "3.11"
+    proc = _build(tmp_path / "s", "--target", "cpu", "--python", other, "--carry", "optree", backends="onnxruntime")
+    if proc.returncode == 3 and any(s in proc.stderr for s in _OFFLINE):
+        pytest.skip(f"pip cannot reach the package index: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_script(str(tmp_path / "s" / "run.py"), "--out", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert_one_line_error(proc, 2, f"this stage carries compiled packages for Python {other}, this is {HERE}")

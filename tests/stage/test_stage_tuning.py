@@ -49,6 +49,12 @@ def test_a_tuning_round_is_timed_there_and_committed_here(tmp_path):
     assert f"tuning round of {job['id']}: {job['tuning_candidates']} record(s) committed, 0 failed" in proc.stdout
     records = [line for line in (database / "database_tuning_record.json").read_text().splitlines() if line.strip()]
     assert len(records) == job["tuning_candidates"]
+    # a re-import commits nothing twice; without --stage it says how to commit
+    proc = run_script("scripts/import_results.py", str(results), "--db", str(db), "--stage", str(stage))
+    assert proc.returncode == 0 and "already committed" in proc.stdout, proc.stdout + proc.stderr
+    assert len([ln for ln in (database / "database_tuning_record.json").read_text().splitlines() if ln.strip()]) == len(records)
+    proc = run_script("scripts/import_results.py", str(results), "--db", str(db))
+    assert proc.returncode == 0 and "give --stage DIR" in proc.stdout, proc.stdout
     assert "deferred cpu" in (database / "dlcbench-measured-on.json").read_text()
     # the matmul task: its best candidate beats its default (untuned) schedule, both timed in one process there
     from dlcbench.stage.runner import unpack_file
@@ -72,6 +78,10 @@ def test_a_tuning_round_is_timed_there_and_committed_here(tmp_path):
                       cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads(results2.read_text())["results"][0]["row"]["status"] == "ok"
+    # results imported with another stage's directory: one line, and nothing stored
+    proc = run_script("scripts/import_results.py", str(results), "--db", str(tmp_path / "fresh.sqlite"), "--stage", str(stage2))
+    assert_one_line_error(proc, 2, f"the results are of stage {index['stage_id']}")
+    assert not (tmp_path / "fresh.sqlite").exists()
 
 
 def test_tuning_round_refusals(tmp_path):

@@ -354,11 +354,11 @@ class TvmAdapter(Adapter):
     def available(cls) -> Availability:
         from dlcbench.compilers.tvm.runtime_only import runtime_dir
 
+        if runtime_dir() is not None:  # a stage's run: its own runtime, whatever TVM is installed here
+            return Availability(True, "runtime only: loads artifacts built elsewhere, cannot compile")
         try:
             version = metadata.version("apache-tvm")
         except metadata.PackageNotFoundError:
-            if runtime_dir() is not None:
-                return Availability(True, "runtime only: loads artifacts built elsewhere, cannot compile")
             return Availability(False, "apache-tvm is not installed")
         if not version.startswith("0.27"):
             return Availability(False, f"dlcbench needs apache-tvm 0.27, found {version}")

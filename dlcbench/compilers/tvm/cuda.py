@@ -294,7 +294,8 @@ def sanitize_param_names(mod):
 
 
 @contextlib.contextmanager
-def _env(**values: str | None) -> Iterator[None]:
+def scoped_env(**values: str | None) -> Iterator[None]:
+    """Sets (or, with None, unsets) environment variables inside the block; restores them after."""
     old = {k: os.environ.get(k) for k in values}
     try:
         for k, v in values.items():
@@ -373,7 +374,7 @@ def compile_cuda(mod, arch: str, *, compiler: str = "nvcc", sanitize_names: bool
         sources.append(str(code))
         return code
 
-    with _LOCK, _env(TVM_CUDA_COMPILE_MODE=compiler, TVM_COMPILE_FORCE_FALLBACK=None, PATH=path_env):
+    with _LOCK, scoped_env(TVM_CUDA_COMPILE_MODE=compiler, TVM_COMPILE_FORCE_FALLBACK=None, PATH=path_env):
         tvm.register_global_func(_POSTPROC, capture, override=True)
         try:
             tuned = 0
@@ -436,11 +437,12 @@ _TENSOR_CORE_MARKS = ("mma.sync", "wmma::", "ldmatrix", "mma_sync", "wgmma")
 def tensor_core_use(sources: list[str]) -> dict[str, Any]:
     """Whether generated CUDA source uses tensor cores (:data:`_TENSOR_CORE_MARKS` in a kernel's body).
 
-    Returns ``{"tensor_cores": bool, "kernels": n, "tensor_core_kernels": n}``.
+    Returns ``{"tensor_cores": bool, "kernels": n, "tensor_core_kernels": n}``; ``tensor_cores`` is None when no
+    kernel source was seen (unknown, not "no").
     """
     kernels = [k for s in sources for k in s.split("__global__")[1:]]
     using = [k for k in kernels if any(mark in k for mark in _TENSOR_CORE_MARKS)]
-    return {"tensor_cores": bool(using), "kernels": len(kernels), "tensor_core_kernels": len(using)}
+    return {"tensor_cores": bool(using) if kernels else None, "kernels": len(kernels), "tensor_core_kernels": len(using)}
 
 
 # --------------------------------------------------------------------------- inspection

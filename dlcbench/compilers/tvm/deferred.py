@@ -127,7 +127,7 @@ def _build_shared(mod, target):
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     path = os.path.join(tempfile.mkdtemp(prefix="dlcbench-deferred-"), "candidate.so")
     if target.kind.name == "cuda":
-        from dlcbench.compilers.tvm.cuda import _env, ensure_cuda_codegen, find_nvcc
+        from dlcbench.compilers.tvm.cuda import scoped_env, ensure_cuda_codegen, find_nvcc
 
         import tvm.support.nvcc  # noqa: F401  registers tvm_callback_cuda_compile
 
@@ -137,7 +137,7 @@ def _build_shared(mod, target):
         ensure_cuda_codegen()
         path_env = os.path.dirname(nvcc) + os.pathsep + os.environ.get("PATH", "")
         # nvcc's arch comes from the current target (``-arch=sm_XX``), as in cuda.compile_cuda.
-        with _env(TVM_CUDA_COMPILE_MODE="nvcc", TVM_COMPILE_FORCE_FALLBACK=None, PATH=path_env), target:
+        with scoped_env(TVM_CUDA_COMPILE_MODE="nvcc", TVM_COMPILE_FORCE_FALLBACK=None, PATH=path_env), target:
             lib = tvm.compile(mod, target=target)
     else:
         lib = tvm.compile(mod, target=target)
@@ -270,8 +270,8 @@ def _export_round(model, target_dict, database_dir, trials_per_task, out_dir, sa
     entries: list[dict[str, Any]] = []
     jobs: list[tuple[dict[str, Any], Any]] = []  # (entry to fill, scheduled IRModule)
     try:
-        contexts = tuning._tune_contexts([tasks[i] for i in tunable], work, config, cores, target_dict)
-        tuning._quiet_meta_schedule()
+        contexts = tuning.tune_contexts([tasks[i] for i in tunable], work, config, cores, target_dict)
+        tuning.quiet_meta_schedule()
         for i, ctx in zip(tunable, contexts):
             task, plan = tasks[i], plans[i]
             workload = task.dispatched[0]
@@ -332,7 +332,7 @@ def _build_all(jobs, target, out_dir: Path, workers: int, timeout_s: float, say)
     (out_dir / CANDIDATE_DIR).mkdir()
     if not jobs:
         return
-    builder = tuning._make_builder(workers=workers, timeout_s=timeout_s, build=_build_shared)
+    builder = tuning.make_builder(workers=workers, timeout_s=timeout_s, build=_build_shared)
     try:
         results = builder.build([BuilderInput(mod, target) for _, mod in jobs])
     finally:

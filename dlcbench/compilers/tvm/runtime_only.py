@@ -69,13 +69,17 @@ class Runtime:
 
     def __init__(self, lib_dir: Path, threads: int | None = None):
         self.lib_dir = Path(lib_dir)
-        if os.environ.get(ALLOW_TORCH_ENV) != "1":
+        blocked = os.environ.get(ALLOW_TORCH_ENV) != "1" and "torch" not in sys.modules
+        if blocked:
             # tvm_ffi imports torch when it can; keep it out so the only CUDA runtime here is the one we load.
-            sys.modules.setdefault("torch", None)
+            sys.modules["torch"] = None
         try:
             import tvm_ffi
         except ImportError as err:
             raise BackendUnavailableError(f"cannot import tvm_ffi for this Python: {one_line(err, 300)}") from None
+        finally:
+            if blocked and sys.modules.get("torch", 0) is None:
+                del sys.modules["torch"]  # a later torch job in this process may import it
         self.ffi = tvm_ffi
         self.libs: dict[str, ctypes.CDLL] = {}
         if threads:

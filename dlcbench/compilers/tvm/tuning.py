@@ -319,7 +319,7 @@ def _build_candidate(mod, target):
     return path
 
 
-def _make_builder(workers: int, timeout_s: float, build: Callable | None = None):
+def make_builder(workers: int, timeout_s: float, build: Callable | None = None):
     """A MetaSchedule builder whose worker processes live across batches.
 
     ``LocalBuilder`` starts a fresh process pool for every batch; with the intrinsic import that cost
@@ -521,7 +521,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
         todo = sorted((i for i, t in enumerate(tasks) if not t.mod.attrs.get("tirx.is_scheduled", False)),
                       key=lambda i: -plans[i].flops)
         cores = os.cpu_count() or 1
-        builder = _make_builder(workers=cores, timeout_s=config.builder_timeout_s)
+        builder = make_builder(workers=cores, timeout_s=config.builder_timeout_s)
         runner = _make_runner(config)
         work = Path(tempfile.mkdtemp(prefix="dlcbench-tune-"))
         last_line = [0.0]
@@ -543,7 +543,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
                 if left <= 0 or (spent and time.perf_counter() >= deadline):
                     stopped = left > 0
                     break
-                contexts = _tune_contexts([tasks[i] for i in todo], work, config, cores, target_dict)
+                contexts = tune_contexts([tasks[i] for i in todo], work, config, cores, target_dict)
                 # MetaSchedule builds every design space before the first batch; one that cannot be
                 # built (a ScheduleError on depthwise conv + ReLU6, for one) would fail them all.
                 keep = []
@@ -558,7 +558,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
                     break
                 todo, contexts = [i for i, _ in keep], [c for _, c in keep]
                 tuner = _Tuner(plans, todo, deadline, config.max_trials_per_task, config.seed, on_batch)
-                _quiet_meta_schedule()
+                quiet_meta_schedule()
                 try:
                     ms.tune_tasks(
                         tasks=contexts, task_weights=[float(tasks[i].weight) for i in todo], work_dir=str(work),
@@ -596,7 +596,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
     return database, report
 
 
-def _quiet_meta_schedule() -> None:
+def quiet_meta_schedule() -> None:
     """MetaSchedule's loggers set their own levels; its per-task tables would flood the progress output."""
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("tvm.s_tir.meta_schedule"):
@@ -627,7 +627,8 @@ def _load_cpu_intrinsics() -> None:
     importlib.import_module(f"{name}.{host}")
 
 
-def _tune_contexts(tasks, work: Path, config: TuningConfig, cores: int, target_dict: dict[str, Any]):
+def tune_contexts(tasks, work: Path, config: TuningConfig, cores: int, target_dict: dict[str, Any]):
+    """MetaSchedule's tune contexts of ``tasks`` with the configured search strategy and dlcbench's CPU rules."""
     from tvm.s_tir import meta_schedule as ms
 
     if target_dict.get("kind") == "llvm":
