@@ -393,7 +393,8 @@ def _stage_round(stager: Stager, config: StageConfig, model, job, build_root: Pa
 
 def _write_index(staging: Path, index: dict[str, Any]) -> int:
     """Writes ``stage.json`` with its ``size_bytes`` equal to the whole directory's bytes; returns them."""
-    others = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file() and p.name != "stage.json")
+    (staging / "stage.json").unlink(missing_ok=True)
+    others = stage_size(staging)
     text = ""
     for _ in range(5):  # the size's digits change the index's own size
         index["size_bytes"] = others + len(text.encode())
@@ -448,10 +449,11 @@ def build_stage(config: StageConfig, progress: Callable[[str], None] | None = No
             say(f"tvm_ffi from {ffi_source}")
             py_files = {k: v for k, v in ffi_files.items() if not k.startswith("LICENSES/")}
             py_files.update(dist_info(version, py_files))
-            py_files.update({k: v for k, v in python_dependencies().items() if not k.startswith("LICENSES/")})
+            dependencies = python_dependencies()
+            py_files.update({k: v for k, v in dependencies.items() if not k.startswith("LICENSES/")})
             licenses = {**{k.replace("LICENSES/", "licenses/tvm_ffi/"): v for k, v in ffi_files.items()
                            if k.startswith("LICENSES/")},
-                        **{k.replace("LICENSES/", "licenses/"): v for k, v in python_dependencies().items()
+                        **{k.replace("LICENSES/", "licenses/"): v for k, v in dependencies.items()
                            if k.startswith("LICENSES/")}}
             for rel, data in sorted(py_files.items()):
                 stager.add(f"site/{rel}", data, executable=rel.endswith(".so"))
