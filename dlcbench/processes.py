@@ -48,7 +48,7 @@ def group_exists(pgid: int) -> bool:
                     state, _, pgrp = fh.read().rsplit(")", 1)[1].split()[:3]
             except (OSError, ValueError):
                 continue
-            if int(pgrp) == pgid and state != "Z":
+            if int(pgrp) == pgid and state not in ("Z", "X"):
                 return True
         return False
     try:

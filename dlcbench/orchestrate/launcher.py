@@ -158,7 +158,8 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def end_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
-    """Ends a worker's whole process group: SIGTERM, SIGKILL after ``grace_s``; waits for the worker.
+    """Ends a worker's whole process group: SIGTERM, SIGKILL after ``grace_s``; waits for the worker, then
+    (up to ``grace_s``, at least 1 s) until no live process is left in its group.
 
     Also right for a worker that already exited: what it started and left behind is ended too.
     """
@@ -170,9 +171,17 @@ def end_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
             pass
     _signal_group(proc.pid, signal.SIGKILL)
     proc.wait()
+    _wait_group_gone(proc.pid, grace_s)
     with _live_lock:
         _live.pop(proc.pid, None)
     _janitor.unregister("group", proc.pid)
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    # kill() returns before the signal is acted on: a busy machine can take a while to end what was signalled.
+    deadline = time.monotonic() + max(timeout_s, 1.0)
+    while group_exists(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def wait_worker(proc: subprocess.Popen, timeout_s: float | None = None) -> tuple[Exit, Any]:
