@@ -8,10 +8,17 @@ in its own worker kept alive (:func:`dlcbench.orchestrate.launcher.run_interleav
 with its 95 % bootstrap interval, the ratio TVM / ORT with its interval and verdict, the tuning seconds, trials and
 inherited records, and the round-to-round spread; then where the tuned TVM time goes.
 
-Every point is written as soon as it is measured (Markdown and JSON), so a stopped run keeps what it measured.
+Every point is written as soon as it is measured (Markdown, JSON and the curves' PNG), so a stopped run keeps
+what it measured; ``--resume`` goes on with the points the JSON lacks. A run is of one commit: resuming from another
+revision, or with other settings, is refused (start again with another ``--out``, or without ``--resume``).
+
+**Time to parity** is read from the tuning curve. The curve's estimate (the sum over measured tasks of their best
+latency x calls) leaves out the VM's own overhead, so it is scaled by (measured tuned TVM median / final estimate);
+it counts only once every task has been measured. Parity is the first curve point where that scaled latency is at
+or below ONNX Runtime's median. The curves' PNG draws it, with ONNX Runtime's median as a line.
 
 Example:
-    python benchmarks/tvm_vs_onnxruntime.py --models mlp,cnn --threads 1,2 --batches 1,8 --tune-minutes 2
+    python benchmarks/tvm_vs_onnxruntime.py --models mlp,cnn --threads 1,2 --batches 1,8 --tune-minutes 15
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
                       backend_options={"tune_minutes": args.tune_minutes, "tuning_db": str(db)})]
     start = time.perf_counter()
     rows = run_interleaved(jobs, args.rounds, args.tune_minutes * 60 + args.timeout, progress=_say)
-    point = {"model": model, "threads": threads, "batch": batch, "seconds": round(time.perf_counter() - start, 1)}
+    point = {"model": model, "threads": threads, "batch": batch, "seconds": round(time.perf_counter() - start, 1),
+             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     samples = {}
     for backend, row in zip(BACKENDS, rows):
         if row["status"] != "ok":
@@ -75,17 +83,78 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
                                "stopped_by_time": tuning.get("stopped_by_time"),
                                "inherited_records": sum(t.get("existing", 0) for t in tasks),
                                "tasks": sorted(tasks, key=lambda t: -t.get("new_trials", 0)),
-                               "curve": tuning.get("curve")}
+                               "curve": tuning.get("curve"), "stage_seconds": tuning.get("stage_seconds")}
     if len(samples) == 2:
         # compare_medians gives ORT / TVM (>1: TVM faster); the table shows TVM / ORT, so its inverse.
         speed = compare_medians(samples["onnxruntime"], samples["tvm"])
         lo, hi = speed["ci"]
         point["ratio"] = {"tvm_over_ort": 1 / speed["speedup"], "ci": [1 / hi, 1 / lo], "verdict": speed["verdict"]}
+        point["parity"] = time_to_parity(point)
         try:
             point["profile"] = profile_tuned(jobs[1])
         except Exception as err:  # the profile is a diagnostic: its failure does not lose the point
             point["profile_error"] = str(err)[:200]
     return point
+
+
+def scaled_curve(point: dict) -> list[tuple[float, float]]:
+    """``(tuning minutes, latency ms)`` of the tuning curve, scaled to the measured tuned latency; only the part
+    where every task has been measured (see the module's docstring)."""
+    tuning = point.get("tuning") or {}
+    curve, tasks = tuning.get("curve") or [], tuning.get("tasks") or []
+    tunable = sum(1 for t in tasks if not t.get("failed"))
+    if not curve or not point.get("tvm") or not curve[-1].get("estimated_ms"):
+        return []
+    scale = point["tvm"]["median_ms"] / curve[-1]["estimated_ms"]
+    return [(c["seconds"] / 60, c["estimated_ms"] * scale) for c in curve
+            if c.get("measured_tasks", 0) >= tunable and c.get("estimated_ms")]
+
+
+def time_to_parity(point: dict) -> dict:
+    """Minutes of tuning until the scaled curve reaches ONNX Runtime's median (None: not within the budget)."""
+    curve = scaled_curve(point)
+    ort = point["onnxruntime"]["median_ms"]
+    reached = next((minutes for minutes, ms in curve if ms <= ort), None)
+    return {"minutes": reached, "all_tasks_measured_at_min": curve[0][0] if curve else None,
+            "scale": point["tvm"]["median_ms"] / point["tuning"]["curve"][-1]["estimated_ms"]
+            if curve else None}
+
+
+def plot_curves(points: list[dict], path: Path) -> None:
+    """One panel per model (its points as lines), ONNX Runtime's medians dashed in the same colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(p["model"] for p in points))
+    cols = min(3, len(models))
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax, model in zip(axes.flat, models):
+        for i, p in enumerate(q for q in points if q["model"] == model):
+            colour = f"C{i}"
+            curve = scaled_curve(p)
+            label = f"t{p['threads']} b{p['batch']}"
+            if curve:
+                ax.plot([c[0] for c in curve], [c[1] for c in curve], color=colour, label=label)
+            if p.get("onnxruntime"):
+                ax.axhline(p["onnxruntime"]["median_ms"], color=colour, linestyle="--", linewidth=0.8)
+            reached = (p.get("parity") or {}).get("minutes")
+            if reached is not None:
+                ax.plot([reached], [p["onnxruntime"]["median_ms"]], marker="o", color=colour)
+        ax.set_title(model, fontsize=9)
+        ax.set_yscale("log")
+        ax.set_xlabel("tuning minutes", fontsize=8)
+        ax.set_ylabel("ms (scaled estimate)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
+    fig.suptitle("Tuned TVM latency during tuning (solid) against ONNX Runtime (dashed); dot: parity", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def profile_tuned(job) -> list[dict]:
@@ -103,7 +172,7 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def render(points: list[dict], args, env: dict, seconds: float) -> str:
+def render(points: list[dict], args, env: dict, seconds: float, argv: list[str], sessions: int = 1) -> str:
     def ms(entry):
         if not entry:
             return "failed"
@@ -120,6 +189,13 @@ def render(points: list[dict], args, env: dict, seconds: float) -> str:
             return "-"
         return {"faster": "TVM faster", "slower": "TVM slower"}.get(r["verdict"], "no significant difference")
 
+    def parity(point):
+        found = point.get("parity") or {}
+        if found.get("minutes") is not None:
+            return f"{found['minutes']:.1f}"
+        tuning = point.get("tuning") or {}
+        return f"> {(tuning.get('seconds') or 0) / 60:.0f}" if point.get("ratio") else "-"
+
     def spread(point):
         values = [point[b]["round_spread"] for b in BACKENDS if point.get(b) and point[b].get("round_spread") is not None]
         return "/".join(f"{v * 100:.1f}" for v in values) or "-"
@@ -129,8 +205,9 @@ def render(points: list[dict], args, env: dict, seconds: float) -> str:
         f"Machine: {env['cpu']['model']}, {env['cores']} cores ({', '.join(env['cpu']['flags'])}); preset "
         f"`{args.preset}`; TVM {env['packages'].get('apache-tvm')}, ONNX Runtime {env['packages'].get('onnxruntime')}; "
         f"git {env.get('git_revision')}; one run of `benchmarks/tvm_vs_onnxruntime.py` "
-        f"({' '.join(sys.argv[1:]) or 'defaults'}), {seconds / 60:.1f} min in all.", "",
-        f"- **Timed region**: `resident` for both (ONNX Runtime through I/O binding, TVM on device buffers). The "
+        f"({' '.join(argv) or 'defaults'}), {seconds / 60:.1f} min of measuring in all"
+        f"{f', in {sessions} sittings (--resume)' if sessions > 1 else ''}.", "",
+        "- **Timed region**: `resident` for both (ONNX Runtime through I/O binding, TVM on device buffers). The "
         f"same thread count for both backends (ORT intra-op threads, TVM_NUM_THREADS and the target's num-cores).",
         f"- **Tuning**: {args.tune_minutes:g} min of MetaSchedule per point (model x threads x batch), each point "
         "from its own fresh database: no point inherits records (the `inherited` column counts them).",
@@ -138,20 +215,23 @@ def render(points: list[dict], args, env: dict, seconds: float) -> str:
         f"own worker kept alive; at least {args.min_seconds:g} s of timed runs per backend in all, more until the "
         "median's 95 % interval is within +-1 % (capped). Medians in ms with their 95 % bootstrap interval.",
         "- **Ratio** = TVM / ORT latency (<1: TVM faster), with its 95 % bootstrap interval; the verdict is read from "
-        "the interval. `round spread` is (max - min round median) / median, ORT/TVM, in percent.", "",
+        "the interval. `round spread` is (max - min round median) / median, ORT/TVM, in percent.",
+        "- **Parity min**: minutes of tuning until the tuning curve, scaled to the measured tuned latency, reaches "
+        "ORT's median (`> N`: not within the budget); see `tvm_vs_onnxruntime_curves.png`.", "",
         "| model | threads | batch | ORT ms [95% CI] | tuned TVM ms [95% CI] | TVM / ORT [95% CI] | verdict | "
-        "tuning s | trials | inherited | round spread % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "tuning s | trials | inherited | parity min | round spread % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         tuning = p.get("tuning") or {}
         lines.append(
             f"| {p['model']} | {p['threads']} | {p['batch']} | {ms(p.get('onnxruntime'))} | {ms(p.get('tvm'))} | "
             f"{ratio(p)} | {verdict(p)} | {tuning.get('seconds') or 0:.0f} | {tuning.get('new_trials', 0)} | "
-            f"{tuning.get('inherited_records', '-')} | {spread(p)} |")
+            f"{tuning.get('inherited_records', '-')} | {parity(p)} | {spread(p)} |")
     lines += ["", "## Where the tuned TVM time goes", "",
               "Per function of the tuned module, one inference, timed through the VM's instrument hook (a few "
-              "microseconds of hook per call are included); then how the tuner spent its trials.", ""]
+              "microseconds of hook per call are included); then how the tuner spent its trials and its time "
+              "(MetaSchedule's profiler: search, candidate builds, measurement, cost-model updates).", ""]
     for p in points:
         name = f"{p['model']} t{p['threads']} b{p['batch']}"
         prof = [f for f in p.get("profile") or [] if not f["name"].startswith("vm.builtin")]
@@ -162,6 +242,13 @@ def render(points: list[dict], args, env: dict, seconds: float) -> str:
         if tasks:
             lines.append(f"- **{name}** trials ({len(tasks)} of {len(p['tuning']['tasks'])} tasks tuned): " + "; ".join(
                 f"{t['name']} {t['new_trials']} -> {t['best_ms']:.4f} ms" for t in tasks[:5] if t.get("best_ms")))
+        stages = (p.get("tuning") or {}).get("stage_seconds") or {}
+        if stages and sum(stages.values()):
+            total = sum(stages.values())
+            trials = p["tuning"].get("new_trials") or 0
+            lines.append(f"- **{name}** tuning time: " + ", ".join(
+                f"{k} {v / total * 100:.0f}%" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
+                + (f"; {total / trials:.2f} s per trial" if trials else ""))
     errors = [f"{p['model']} t{p['threads']} b{p['batch']}: {e}" for p in points for e in p.get("errors", [])]
     if errors:
         lines += ["", "## Failures", ""] + [f"- {e}" for e in errors]
@@ -176,13 +263,15 @@ def main() -> int:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: 1,2)")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default: 1,8)")
-    parser.add_argument("--tune-minutes", type=float, default=2.0, help="MetaSchedule minutes per point")
+    parser.add_argument("--tune-minutes", type=float, default=15.0, help="MetaSchedule minutes per point")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds per point")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per backend, all rounds")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="cap of timed seconds per backend")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per build or round, tuning excluded")
     parser.add_argument("--work", default=str(ROOT / "out" / "bench-tvm"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tvm_vs_onnxruntime.md")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the points --out's JSON lacks (same revision and settings only)")
     args = parser.parse_args()
     from dlcbench.results.env import environment
 
@@ -190,19 +279,60 @@ def main() -> int:
     threads = [int(t) for t in split_list(args.threads)]
     batches = [int(b) for b in split_list(args.batches)]
     env = environment(max(threads), peak=False)
-    points: list[dict] = []
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    points, earlier_seconds, sessions = [], 0.0, 1
+    if args.resume:
+        points, earlier_seconds, sessions = resumed(args.out.with_suffix(".json"), env, settings)
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(p["model"], p["threads"], p["batch"]) for p in points}
+    text = render(points, args, env, earlier_seconds, argv, sessions)
     for model in split_list(args.models):
         for count in threads:
             for batch in batches:
+                if (model, count, batch) in done:
+                    continue
                 _say(f"== {model} threads {count} batch {batch}")
                 points.append(run_point(model, count, batch, args))
-                text = render(points, args, env, time.perf_counter() - start)
+                seconds = earlier_seconds + time.perf_counter() - start
+                text = render(points, args, env, seconds, argv, sessions)
                 args.out.write_text(text)
-                args.out.with_suffix(".json").write_text(
-                    json.dumps({"points": points, "environment": env, "argv": sys.argv[1:]}, indent=2, default=str))
+                args.out.with_suffix(".json").write_text(json.dumps(
+                    {"points": points, "environment": env, "argv": argv, "settings": settings,
+                     "seconds": round(seconds, 1), "sessions": sessions}, indent=2, default=str))
+                try:
+                    plot_curves(points, args.out.with_name(args.out.stem + "_curves.png"))
+                except ImportError:
+                    pass  # matplotlib is optional
     print(text)
     return 0
+
+
+#: What a resumed run must share with the run it goes on with (the model list may grow).
+SETTINGS = ("preset", "threads", "batches", "tune_minutes", "rounds", "min_seconds", "max_seconds")
+
+
+def resumed(path: Path, env: dict, settings: dict) -> tuple[list[dict], float, int]:
+    """The points of an earlier sitting of this run, its measuring seconds and the sitting count (this one included).
+
+    Raises:
+        BadInputError: no such file, another revision (or a dirty checkout), or other settings.
+    """
+    from dlcbench.errors import BadInputError
+    from dlcbench.jsonio import load_file
+
+    earlier = load_file(path)
+    revision = earlier.get("environment", {}).get("git_revision")
+    if not revision or revision.endswith("-dirty") or revision != env.get("git_revision"):
+        raise BadInputError(f"cannot resume {path}: it was measured at revision {revision}, this checkout is "
+                            f"{env.get('git_revision')} (a run is of one clean commit)")
+    machine = earlier.get("environment", {}).get("cpu", {}).get("model")
+    if machine != env.get("cpu", {}).get("model"):
+        raise BadInputError(f"cannot resume {path}: it was measured on {machine}, this is {env['cpu'].get('model')}")
+    differ = [k for k in SETTINGS if earlier.get("settings", {}).get(k) != settings[k]]
+    if differ:
+        raise BadInputError(f"cannot resume {path}: other settings ({', '.join(differ)})")
+    return earlier["points"], float(earlier.get("seconds", 0.0)), int(earlier.get("sessions", 1)) + 1
 
 
 if __name__ == "__main__":

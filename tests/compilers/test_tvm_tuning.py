@@ -36,6 +36,11 @@ def test_tiny_budget_tunes_then_reuses_then_time_budget_stops(tmp_path):
     tasks = sorted(tuning["tasks"], key=lambda t: -t["flops"])
     assert tasks[0]["name"].startswith("fused_matmul") and tasks[0]["new_trials"] == 4 and tasks[0]["best_ms"] > 0
     assert all(t["new_trials"] == 0 for t in tasks[1:])
+    assert tasks[0]["seconds"] > 0 and all(t["seconds"] == 0 for t in tasks[1:])
+    # Where the time went, from MetaSchedule's profiler (replay-trace's search has no scope: it is in "other").
+    stages = tuning["stage_seconds"]
+    assert all(stages.get(k, 0) > 0 for k in ("build", "measure", "other")), stages
+    assert sum(stages.values()) <= tuning["seconds"] * 1.05
 
     second = _compile("--tune-trials", "4", "--tuning-db", str(db), "--out", str(tmp_path / "b"))
     assert second.returncode == 0, second.stderr[-3000:]

@@ -261,6 +261,8 @@ class TaskPlan:
     new_trials: int = 0
     best_ms: float | None = None
     failed: str | None = None
+    #: Wall seconds of this run's batches of the task (search, build and measurement of each).
+    seconds: float = 0.0
 
 
 def plan_tasks(tasks, database) -> list[TaskPlan]:
@@ -284,7 +286,11 @@ def global_budget(plans: list[TaskPlan], config: TuningConfig) -> int:
 
 @dataclass
 class TuningReport:
-    """What tuning did: per-task plan, trials run, seconds, and the tuning curve."""
+    """What tuning did: per-task plan, trials run, seconds, and the tuning curve.
+
+    Each curve point holds ``trials`` and ``seconds`` so far, ``estimated_ms`` (the sum over measured tasks of
+    best latency x calls per inference) and ``measured_tasks`` (how many of ``len(tasks)`` that sum covers).
+    """
 
     db: str
     seconds: float
@@ -295,6 +301,10 @@ class TuningReport:
     measured_on: str = "local"
     #: Where the database's records were measured, this run's and earlier ones (a deferred round's device...).
     records_measured_on: list[str] = field(default_factory=list)
+    #: Where the tuning time went: ``search``, ``build``, ``measure``, ``cost_model``, ``database``, ``other``
+    #: (seconds, from MetaSchedule's profiler; ``other`` holds what no profiler scope covers, the search of the
+    #: replay strategies included).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -383,6 +393,11 @@ class _Tuner:
     deadline (returning -1 ends ``TaskScheduler.tune`` cleanly; the built-in one has no clock): every
     task is measured once, heaviest first, then each batch goes to the task whose weighted latency is
     falling fastest or is still largest per batch spent.
+
+    With ``isolate_measurement`` (candidates measured on this machine) a batch's measurements finish before
+    the next search starts. MetaSchedule overlaps them, so candidates were timed while the search held a core:
+    with as many kernel threads as cores, the timings were of a contended machine. The search then has
+    every core, which more than pays for the lost overlap.
     """
 
     ALPHA = 0.2  # weight of the recent gain against the remaining latency per batch, as MetaSchedule's
@@ -390,10 +405,11 @@ class _Tuner:
     EPSILON = 0.05
 
     def __init__(self, plans: list[TaskPlan], index: list[int], deadline: float, per_task_cap: int | None,
-                 seed: int, on_batch: Callable[[int, list[float]], None]):
+                 seed: int, on_batch: Callable[[int, list[float]], None], isolate_measurement: bool = True):
         import random
 
         self.plans, self.index, self.deadline = plans, index, deadline
+        self.isolate_measurement = isolate_measurement
         self.per_task_cap = per_task_cap
         self.rng = random.Random(seed)
         self.on_batch = on_batch
@@ -401,6 +417,7 @@ class _Tuner:
         self.spent = {i: 0 for i in range(len(index))}
         self.last_task = -1
         self.stopped_by_time = False
+        self.last_result_at = time.perf_counter()
 
     def best(self, i: int) -> float | None:
         """Best latency (ms) so far: the database's at the start, then lowered by each batch."""
@@ -432,6 +449,7 @@ class _Tuner:
 
     def scheduler(self):
         from tvm.ir.utils import derived_object
+        from tvm.s_tir.meta_schedule import Profiler as ms_profiler
         from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
         tuner = self
@@ -442,7 +460,11 @@ class _Tuner:
                 outer = self._outer()
                 records = outer.tasks_
                 for i in range(len(records)):
-                    outer.touch_task(i)  # joins finished measurements, so the latencies are current
+                    if tuner.isolate_measurement and records[i].runner_futures is not None:
+                        with ms_profiler.timeit("JoinRunnerFutures"):
+                            self.join_running_task(i)  # the next search waits: it would share the measured cores
+                    else:
+                        outer.touch_task(i)  # joins finished measurements, so the latencies are current
                 alive = [i for i in range(len(records)) if not records[i].is_terminated
                          and (tuner.per_task_cap is None
                               or tuner.plans[tuner.index[i]].existing + tuner.plans[tuner.index[i]].new_trials
@@ -472,7 +494,11 @@ class _Tuner:
             def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
                 latencies = [sum(float(s) for s in r.run_secs) / len(r.run_secs) * 1e3
                              for r in runner_results if r.run_secs and r.error_msg is None]
-                tuner.plans[tuner.index[task_id]].new_trials += len(measure_candidates)
+                plan = tuner.plans[tuner.index[task_id]]
+                plan.new_trials += len(measure_candidates)
+                now = time.perf_counter()
+                plan.seconds += now - tuner.last_result_at
+                tuner.last_result_at = now
                 tuner.record(task_id, latencies)
                 tuner.on_batch(task_id, latencies)
 
@@ -482,6 +508,10 @@ class _Tuner:
 def _estimated_ms(plans: list[TaskPlan]) -> float:
     """Sum over measured tasks of best latency x calls per inference."""
     return sum(p.best_ms * p.weight for p in plans if p.best_ms is not None)
+
+
+def _measured(plans: list[TaskPlan]) -> int:
+    return sum(1 for p in plans if p.best_ms is not None)
 
 
 def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress: Callable[[str], None] | None = None):
@@ -510,9 +540,10 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
     plans = plan_tasks(tasks, database)
     start = time.perf_counter()
     budget = global_budget(plans, config) if config.tunes else 0
-    curve = [{"trials": 0, "seconds": 0.0, "estimated_ms": _estimated_ms(plans)}]
+    curve = [{"trials": 0, "seconds": 0.0, "estimated_ms": _estimated_ms(plans), "measured_tasks": _measured(plans)}]
     stopped = False
     done = 0
+    stage_seconds: dict[str, float] = {}
     if budget:
         require_tuning_deps(config.cost_model)
         restore_affinity()  # the builder and runner pools start from this thread: all our CPUs, not a pinned one
@@ -530,7 +561,8 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
             trials = sum(p.new_trials for p in plans)
             elapsed = time.perf_counter() - start
             est = _estimated_ms(plans)
-            curve.append({"trials": trials, "seconds": round(elapsed, 2), "estimated_ms": est})
+            curve.append({"trials": trials, "seconds": round(elapsed, 2), "estimated_ms": est,
+                          "measured_tasks": _measured(plans)})
             if elapsed - last_line[0] >= 10 or trials >= budget:
                 last_line[0] = elapsed
                 say(f"tuning [{'#' * min(20, 20 * trials // budget):<20}] {trials}/{budget} trials, "
@@ -557,21 +589,26 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
                 if not keep:
                     break
                 todo, contexts = [i for i, _ in keep], [c for _, c in keep]
-                tuner = _Tuner(plans, todo, deadline, config.max_trials_per_task, config.seed, on_batch)
+                tuner = _Tuner(plans, todo, deadline, config.max_trials_per_task, config.seed, on_batch,
+                               isolate_measurement=config.rpc is None)
                 quiet_meta_schedule()
+                profiler, began = ms.Profiler(), time.perf_counter()
                 try:
-                    ms.tune_tasks(
-                        tasks=contexts, task_weights=[float(tasks[i].weight) for i in todo], work_dir=str(work),
-                        max_trials_global=left, max_trials_per_task=left,
-                        num_trials_per_iter=min(config.round_trials, left), database=database,
-                        cost_model=config.cost_model, builder=builder, runner=runner,
-                        measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
-                        + [tuner.callback()],
-                        task_scheduler=tuner.scheduler(),
-                    )
+                    with profiler:
+                        ms.tune_tasks(
+                            tasks=contexts, task_weights=[float(tasks[i].weight) for i in todo], work_dir=str(work),
+                            max_trials_global=left, max_trials_per_task=left,
+                            num_trials_per_iter=min(config.round_trials, left), database=database,
+                            cost_model=config.cost_model, builder=builder, runner=runner,
+                            measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                            + [tuner.callback()],
+                            task_scheduler=tuner.scheduler(),
+                        )
                     stopped = tuner.stopped_by_time
+                    _add_stage_seconds(stage_seconds, profiler, time.perf_counter() - began)
                     break
                 except Exception as err:  # a MetaSchedule bug in one task must not cost the others
+                    _add_stage_seconds(stage_seconds, profiler, time.perf_counter() - began)
                     if tuner.last_task < 0:
                         raise CompileError(f"MetaSchedule failed before tuning: {one_line(err, 300)}") from None
                     bad = todo[tuner.last_task]
@@ -589,11 +626,39 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
         db=str(db_path), seconds=round(time.perf_counter() - start, 2), new_trials=done, stopped_by_time=stopped,
         tasks=[p.__dict__.copy() for p in plans], curve=curve,
         measured_on=f"rpc {config.rpc.host}:{config.rpc.port} key {config.rpc.key}" if config.rpc else "local",
+        stage_seconds={k: round(v, 2) for k, v in stage_seconds.items()},
     )
     if done:
         record_measured_on(db_path, report.measured_on)
     report.records_measured_on = measured_places(db_path)
     return database, report
+
+
+#: MetaSchedule profiler scopes by tuning stage (scopes not listed go to ``other``).
+STAGE_SCOPES = {
+    "search": ("EvoSearch/", "ReplayTrace", "ReplayFunc", "GenerateMeasureCandidates"),
+    "build": ("SendToBuilder",),
+    "measure": ("SendToRunner", "JoinRunnerFutures"),
+    "cost_model": ("MeasureCallback/UpdateCostModel",),
+    "database": ("MeasureCallback/AddToDatabase", "EvoSearch/PickBestFromDatabase"),
+}
+
+
+def _add_stage_seconds(totals: dict[str, float], profiler, wall_s: float) -> None:
+    """Adds a MetaSchedule profile of ``wall_s`` seconds to ``totals`` by stage (:data:`STAGE_SCOPES`); what no
+    scope covers (the scheduler, the replay strategies' search, which has no scope) goes to ``other``."""
+    try:
+        scopes = {str(k): float(v) for k, v in profiler.get().items()}
+    except Exception:  # a diagnostic only
+        return
+    totals["other"] = totals.get("other", 0.0) + max(0.0, wall_s - sum(
+        v for k, v in scopes.items() if k != "Total" and not any(k.startswith(o + "/") for o in scopes)))
+    for name, seconds in scopes.items():
+        if name == "Total" or any(name.startswith(outer + "/") for outer in scopes):  # nested: counted in outer
+            continue
+        stage = next((st for st, prefixes in STAGE_SCOPES.items()
+                      if any(name.startswith(prefix) for prefix in prefixes)), "other")
+        totals[stage] = totals.get(stage, 0.0) + seconds
 
 
 def quiet_meta_schedule() -> None:
@@ -638,10 +703,9 @@ def tune_contexts(tasks, work: Path, config: TuningConfig, cores: int, target_di
     strategy: Any = config.strategy
     if strategy == "evolutionary":
         strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population)
-    # Search threads leave the measured kernels their cores on a small machine.
-    search_threads = max(1, cores - int(target_dict.get("num-cores", 1))) if cores > 2 else 1
+    # Every core: candidates are measured elsewhere, or here between searches (see _Tuner).
     contexts, _ = extracted_tasks_to_tune_contexts(tasks, str(work), strategy=strategy,
-                                                   num_threads=search_threads, seed=config.seed)
+                                                   num_threads=max(1, cores), seed=config.seed)
     return contexts
 
 

@@ -1,0 +1,80 @@
+"""benchmarks/tvm_vs_onnxruntime.py end to end on a tiny model: table, JSON, curves, time to parity, --resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from dlcbench.errors import BadInputError, ExitCode
+from dlcbench_test_support import ROOT, assert_one_line_error, run_script
+
+SCRIPT = "benchmarks/tvm_vs_onnxruntime.py"
+TINY = ["--models", "mlp", "--preset", "tiny", "--threads", "1", "--batches", "1", "--tune-minutes", "0.75",
+        "--rounds", "2", "--min-seconds", "0.2", "--max-seconds", "1"]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("tvm_vs_onnxruntime", ROOT / SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_one_point_then_resume_refusals(tmp_path):
+    out = tmp_path / "bench.md"
+    run = run_script(SCRIPT, *TINY, "--work", str(tmp_path / "work"), "--out", str(out), timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    [point] = data["points"]
+    assert point["tvm"]["region"] == point["onnxruntime"]["region"] == "resident"
+    tuning = point["tuning"]
+    assert tuning["new_trials"] > 0 and tuning["inherited_records"] == 0
+    assert {"build", "measure"} <= set(tuning["stage_seconds"])
+    # The curve ends with every task measured; parity is read from it, scaled to the measured latency.
+    assert tuning["curve"][-1]["measured_tasks"] == sum(1 for t in tuning["tasks"] if not t.get("failed"))
+    module = _module()
+    curve = module.scaled_curve(point)
+    assert curve and curve[-1][1] == pytest.approx(point["tvm"]["median_ms"])
+    parity = point["parity"]["minutes"]
+    ort = point["onnxruntime"]["median_ms"]
+    assert parity == next((m for m, ms in curve if ms <= ort), None)
+    text = out.read_text()
+    assert "| parity min |" in text and "tuning time:" in text and "s per trial" in text
+    assert (tmp_path / "bench_curves.png").stat().st_size > 5000
+
+    # Resuming with everything measured runs nothing and keeps the point.
+    again = run_script(SCRIPT, *TINY, "--work", str(tmp_path / "work"), "--out", str(out), "--resume", timeout=600)
+    revision = data["environment"]["git_revision"]
+    if revision and not revision.endswith("-dirty"):
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "== mlp" not in again.stderr
+        assert json.loads(out.with_suffix(".json").read_text())["points"] == [point]
+    else:  # a checkout with uncommitted changes is not one commit: refused
+        assert_one_line_error(again, ExitCode.BAD_INPUT, "a run is of one clean commit")
+
+    # Another revision, a dirty checkout, other settings, another machine: refused.
+    settings = data["settings"]
+    env = {**data["environment"], "git_revision": "abc1234"}
+    clean = json.loads(out.with_suffix(".json").read_text())
+    clean["environment"]["git_revision"] = "abc1234"
+    out.with_suffix(".json").write_text(json.dumps(clean))
+    points, seconds, sittings = module.resumed(out.with_suffix(".json"), env, settings)
+    assert points == [point] and seconds > 0 and sittings == 2
+    with pytest.raises(BadInputError, match="revision abc1234, this checkout is def5678"):
+        module.resumed(out.with_suffix(".json"), {**env, "git_revision": "def5678"}, settings)
+    with pytest.raises(BadInputError, match="other settings \\(tune_minutes\\)"):
+        module.resumed(out.with_suffix(".json"), env, {**settings, "tune_minutes": 15.0})
+    with pytest.raises(BadInputError, match="measured on"):
+        module.resumed(out.with_suffix(".json"), {**env, "cpu": {"model": "another CPU"}}, settings)
+    clean["environment"]["git_revision"] = "abc1234-dirty"
+    out.with_suffix(".json").write_text(json.dumps(clean))
+    with pytest.raises(BadInputError, match="one clean commit"):
+        module.resumed(out.with_suffix(".json"), {**env, "git_revision": "abc1234-dirty"}, settings)
+
+
+def test_resume_without_results_is_one_line(tmp_path):
+    run = run_script(SCRIPT, *TINY, "--out", str(tmp_path / "none.md"), "--resume", timeout=300)
+    assert_one_line_error(run, ExitCode.BAD_INPUT, "none.json")
