@@ -151,7 +151,7 @@ def plot_curves(points: list[dict], path: Path) -> None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(models):]:
         ax.axis("off")
-    fig.suptitle("Tuned TVM latency during tuning (solid) against ONNX Runtime (dashed); dot: parity", fontsize=9)
+    fig.suptitle("Tuned TVM latency during tuning (solid)\nagainst ONNX Runtime (dashed); dot: parity", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

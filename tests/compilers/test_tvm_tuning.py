@@ -124,3 +124,25 @@ def test_tune_script_prints_the_per_task_table(tmp_path):
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("fused_matmul")]
     assert rows and rows[0][4] == "4"  # the heaviest task got the batch: calls, share, had, new
     assert (tmp_path / "out" / "tuning_curve.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, precision", [("cnn", "fp32"), ("mobilenetv2", "fp32"), ("cnn", "int8")])
+def test_tuned_convolutions_run_channels_last_and_pass_the_check(tmp_path, model, precision):
+    """Tuning converts 2-D convolutions to NHWC (weights transposed once, at compile time): still checked.
+    A quantized model keeps NCHW (ConvertLayout would transpose activations around every quantize op)."""
+    out = tmp_path / "a"
+    run = run_script("scripts/compile.py", "--backend", "tvm", "--model", model, *FAST, *CHEAP, "--precision", precision,
+                     "--tune-trials", "8", "--tuning-db", str(tmp_path / "db"), "--out", str(out), timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "check     PASS" in run.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["extra"]["conv_layout"] == ("NCHW" if precision == "int8" else "NHWC")
+    tasks = manifest["extra"]["tuning"]["tasks"]
+    assert not any(t["name"].startswith("transpose") for t in tasks)  # no weight transposes left to run
+    # The database applies to an NHWC module only: compiling NCHW with it finds none of its convolutions.
+    nchw = run_script("scripts/compile.py", "--backend", "tvm", "--model", model, *FAST, "--precision", precision,
+                      "--tuning-db", str(tmp_path / "db"), "--option", "conv_layout=NCHW", "--out", str(tmp_path / "b"),
+                      timeout=1200)
+    assert nchw.returncode == 0, nchw.stderr[-3000:]
+    assert "conv_layout" not in json.loads((tmp_path / "b" / "manifest.json").read_text())["extra"]

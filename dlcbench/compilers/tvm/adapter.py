@@ -51,6 +51,10 @@ class TvmOptions(CompileOptions):
             approximations (``relax.transform.FastMathTransform``), as ONNX Runtime's MLAS kernels do;
             outputs are still checked against the reference. Exact libm ``erff`` made BERT's GELU a fifth
             of its tuned latency.
+        conv_layout: Layout of 2-D convolutions when tuning for the cpu target: ``NHWC`` (default; weights
+            transposed once at compile time; quantized models keep NCHW) or ``NCHW`` as imported. A tuning
+            database only applies to modules of the layout it was tuned with. The manifest's ``conv_layout``
+            says which one a model with convolutions was tuned in.
         rpc_tracker, rpc_key: Measure on TVM RPC servers instead of this machine (``HOST:PORT`` of a tracker and
             the servers' key, both or neither; :mod:`dlcbench.compilers.tvm.rpc`): MetaSchedule builds here and
             measures its candidates on every server of the key in parallel, and the artifact is then uploaded,
@@ -67,6 +71,7 @@ class TvmOptions(CompileOptions):
     tune_strategy: str = "evolutionary"
     tune_cost_model: str = "xgb"
     fast_math: bool = True
+    conv_layout: str = "NHWC"
     rpc_tracker: str | None = None
     rpc_key: str | None = None
 
@@ -80,6 +85,10 @@ class TvmOptions(CompileOptions):
             raise BadInputError(f"unknown CUDA arch {self.arch!r}; valid: {', '.join(CUDA_ARCHS)}")
         if self.tune_trials < 0 or self.tune_minutes < 0:
             raise BadInputError("tune_trials and tune_minutes must be non-negative")
+        from dlcbench.compilers.tvm.tuning import CONV_LAYOUTS
+
+        if self.conv_layout not in CONV_LAYOUTS:
+            raise BadInputError(f"unknown conv_layout {self.conv_layout!r}; valid: {', '.join(CONV_LAYOUTS)}")
         if not isinstance(self.fast_math, bool):
             raise BadInputError(f"fast_math must be true or false, got {self.fast_math!r}")
         if self.target == "cuda" and (self.tune_trials or self.tune_minutes):
@@ -393,6 +402,13 @@ class TvmAdapter(Adapter):
 
             mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
             precision_note["fp16"] = "relax.transform.ToMixedPrecision: fp16 compute, fp32 accumulation"
+        if options.target == "cpu" and options.tuning and options.conv_layout != "NCHW":
+            from dlcbench.compilers.tvm.tuning import convert_conv_layout, relax_ops
+
+            converted, params = convert_conv_layout(mod, params, options.conv_layout)
+            if "relax.nn.conv2d" in relax_ops(mod):
+                precision_note["conv_layout"] = options.conv_layout if converted is not mod else "NCHW"
+            mod = converted
         if options.target == "cuda":
             from dlcbench.compilers.tvm.cuda import compile_cuda, device_code_archs
 

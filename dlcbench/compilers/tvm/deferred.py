@@ -64,8 +64,9 @@ FAILED_RUN_SECS = 1e10
 # Here: sample and build
 
 
-def _model_module(model, input_shapes, separate_params: bool, fast_math: bool):
-    """A Relax IRModule of ``model`` as the adapter's ``_compile`` builds it before tuning."""
+def _model_module(model, input_shapes, separate_params: bool, fast_math: bool, conv_layout: str | None = None):
+    """A Relax IRModule of ``model`` as the adapter's ``_compile`` builds it before tuning (``conv_layout``: as
+    :func:`~dlcbench.compilers.tvm.tuning.convert_conv_layout` for a cpu target, None for others)."""
     import tvm
 
     if isinstance(model, tvm.IRModule):
@@ -86,6 +87,10 @@ def _model_module(model, input_shapes, separate_params: bool, fast_math: bool):
         if input_shapes is None:
             input_shapes = _static_onnx_shapes(proto)
         mod, _params = import_onnx(proto, input_shapes, separate_params)
+        if conv_layout:
+            from dlcbench.compilers.tvm.tuning import convert_conv_layout
+
+            mod, _params = convert_conv_layout(mod, _params, conv_layout)
     if fast_math:
         from tvm import relax
 
@@ -201,7 +206,8 @@ def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_
                  separate_params: bool = True, fast_math: bool = True, strategy: str = "evolutionary",
                  cost_model: str = "xgb", population: int = 128, seed: int = 0, baseline: bool = True,
                  builder_timeout_s: float = 120.0, workers: int | None = None,
-                 max_tasks: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 max_tasks: int | None = None, conv_layout: str = "NHWC",
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Samples and builds one round of candidates per task into a fresh ``out_dir`` (see the module docstring).
 
     Args:
@@ -215,6 +221,8 @@ def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_
         out_dir: The round directory; must not exist or be empty.
         baseline: Also build each task unscheduled (what an untuned compile runs), measured for reference only.
         max_tasks: Only the heaviest tasks by FLOPs (None: all).
+        conv_layout: Convolution layout of a cpu target's module (the TVM adapter's ``conv_layout`` option: the
+            compile that applies the round must use the same one).
 
     Returns:
         The ``round.json`` content.
@@ -231,7 +239,7 @@ def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_
                              input_shapes=input_shapes, prepared=prepared, separate_params=separate_params,
                              fast_math=fast_math, strategy=strategy, cost_model=cost_model, population=population,
                              seed=seed, baseline=baseline, builder_timeout_s=builder_timeout_s, workers=workers,
-                             max_tasks=max_tasks)
+                             max_tasks=max_tasks, conv_layout=conv_layout)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # no half-written round to measure
         raise
@@ -239,7 +247,7 @@ def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_
 
 def _export_round(model, target_dict, database_dir, trials_per_task, out_dir, say, *, input_shapes, prepared,
                   separate_params, fast_math, strategy, cost_model, population, seed, baseline, builder_timeout_s,
-                  workers, max_tasks):
+                  workers, max_tasks, conv_layout):
     from importlib import metadata
 
     import tvm
@@ -252,7 +260,8 @@ def _export_round(model, target_dict, database_dir, trials_per_task, out_dir, sa
 
     target = tvm.target.Target(target_dict)
     mod = model if prepared else tuning.prepare_module(
-        _model_module(model, input_shapes, separate_params, fast_math), target)
+        _model_module(model, input_shapes, separate_params, fast_math,
+                      conv_layout if target_dict.get("kind") == "llvm" else None), target)
     database = tuning.open_database(database_dir, target_dict, create=True)
     tasks = extract_tasks(mod, target)
     plans = tuning.plan_tasks(tasks, database)
