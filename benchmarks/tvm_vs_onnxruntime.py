@@ -189,6 +189,13 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
             return "-"
         return {"faster": "TVM faster", "slower": "TVM slower"}.get(r["verdict"], "no significant difference")
 
+    def peak_share(point, backend):
+        peak = (env.get("peak_gflops_by_threads") or {}).get(str(point["threads"]))
+        flops = sum(t.get("flops") or 0 for t in (point.get("tuning") or {}).get("tasks") or [])
+        if not peak or not flops or not point.get(backend):
+            return "-"
+        return f"{flops / (point[backend]['median_ms'] / 1e3) / 1e9 / peak * 100:.0f}"
+
     def parity(point):
         found = point.get("parity") or {}
         if found.get("minutes") is not None:
@@ -208,7 +215,7 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         f"({' '.join(argv) or 'defaults'}), {seconds / 60:.1f} min of measuring in all"
         f"{f', in {sessions} sittings (--resume)' if sessions > 1 else ''}.", "",
         "- **Timed region**: `resident` for both (ONNX Runtime through I/O binding, TVM on device buffers). The "
-        f"same thread count for both backends (ORT intra-op threads, TVM_NUM_THREADS and the target's num-cores).",
+        "same thread count for both backends (ORT intra-op threads, TVM_NUM_THREADS and the target's num-cores).",
         f"- **Tuning**: {args.tune_minutes:g} min of MetaSchedule per point (model x threads x batch), each point "
         "from its own fresh database: no point inherits records (the `inherited` column counts them).",
         f"- **Timing**: {args.rounds} interleaved rounds per point (ORT, TVM; then TVM, ORT; ...), each backend in its "
@@ -217,17 +224,22 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         "- **Ratio** = TVM / ORT latency (<1: TVM faster), with its 95 % bootstrap interval; the verdict is read from "
         "the interval. `round spread` is (max - min round median) / median, ORT/TVM, in percent.",
         "- **Parity min**: minutes of tuning until the tuning curve, scaled to the measured tuned latency, reaches "
-        "ORT's median (`> N`: not within the budget); see `tvm_vs_onnxruntime_curves.png`.", "",
+        "ORT's median (`> N`: not within the budget); see `tvm_vs_onnxruntime_curves.png`.",
+        "- **% peak** = the model's FLOPs (TVM's estimate over its tasks) / median latency, against the fp32 "
+        "matmul peak measured at that thread count (numpy's BLAS: "
+        + ", ".join(f"{k} thread(s) {v} GFLOP/s" for k, v in (env.get("peak_gflops_by_threads") or {}).items())
+        + "), ORT/TVM.", "",
         "| model | threads | batch | ORT ms [95% CI] | tuned TVM ms [95% CI] | TVM / ORT [95% CI] | verdict | "
-        "tuning s | trials | inherited | parity min | round spread % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "tuning s | trials | inherited | parity min | % peak | round spread % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         tuning = p.get("tuning") or {}
         lines.append(
             f"| {p['model']} | {p['threads']} | {p['batch']} | {ms(p.get('onnxruntime'))} | {ms(p.get('tvm'))} | "
             f"{ratio(p)} | {verdict(p)} | {tuning.get('seconds') or 0:.0f} | {tuning.get('new_trials', 0)} | "
-            f"{tuning.get('inherited_records', '-')} | {parity(p)} | {spread(p)} |")
+            f"{tuning.get('inherited_records', '-')} | {parity(p)} | "
+            f"{peak_share(p, 'onnxruntime')}/{peak_share(p, 'tvm')} | {spread(p)} |")
     lines += ["", "## Where the tuned TVM time goes", "",
               "Per function of the tuned module, one inference, timed through the VM's instrument hook (a few "
               "microseconds of hook per call are included); then how the tuner spent its trials and its time "
@@ -283,6 +295,12 @@ def main() -> int:
     points, earlier_seconds, sessions = [], 0.0, 1
     if args.resume:
         points, earlier_seconds, sessions = resumed(args.out.with_suffix(".json"), env, settings)
+        env["peak_gflops_by_threads"] = json.loads(args.out.with_suffix(".json").read_text())["environment"].get(
+            "peak_gflops_by_threads", {})
+    else:  # the roofline's compute roof at each thread count, measured once per run
+        from dlcbench.results.env import measure_peak_gflops
+
+        env["peak_gflops_by_threads"] = {str(t): measure_peak_gflops(t) for t in threads}
     argv = [a for a in sys.argv[1:] if a != "--resume"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = {(p["model"], p["threads"], p["batch"]) for p in points}

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning-db", default=None, help="database directory (default: one per target)")
     parser.add_argument("--strategy", default="evolutionary", help="evolutionary, replay-trace or replay-func")
     parser.add_argument("--cost-model", default="xgb", help="xgb, mlp or random")
+    parser.add_argument("--conv-layout", default="NHWC",
+                        help="layout of 2-D convolutions: NHWC (default) or NCHW as imported; a database applies to "
+                             "the layout it was tuned in")
     parser.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
                         help="measure candidates on the TVM RPC servers of --rpc-key (dlcbench rpc start), all at once")
     parser.add_argument("--rpc-key", default=None, metavar="KEY", help="the RPC servers' key (with --rpc-tracker)")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from dlcbench.orchestrate.launcher import run_supervised
 
     options = {"tune_trials": args.trials, "tune_minutes": args.minutes, "tune_strategy": args.strategy,
-               "tune_cost_model": args.cost_model}
+               "tune_cost_model": args.cost_model, "conv_layout": args.conv_layout}
     if args.tuning_db:
         options["tuning_db"] = args.tuning_db
     if args.rpc_tracker or args.rpc_key:
@@ -57,12 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tuning    {tuning['new_trials']} new trials in {tuning['seconds']:.1f} s"
           f"{' (stopped by the time budget)' if tuning['stopped_by_time'] else ''}, measured on "
           f"{tuning.get('measured_on', 'local')}")
-    print(f"{'task':<40} {'calls':>5} {'FLOP share':>10} {'had':>5} {'new':>5} {'best ms':>9}")
+    stages = tuning.get("stage_seconds") or {}
+    if sum(stages.values()):
+        print("time      " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds
+                                        in sorted(stages.items(), key=lambda kv: -kv[1])))
+    print(f"{'task':<40} {'calls':>5} {'FLOP share':>10} {'had':>5} {'new':>5} {'best ms':>9} {'tuning s':>8}")
     for task in sorted(tuning["tasks"], key=lambda t: -t["new_trials"]):
         best = f"{task['best_ms']:.4f}" if task["best_ms"] else "-"
         note = f"  failed: {task['failed'][:60]}" if task.get("failed") else ""
         print(f"{task['name'][:40]:<40} {task['weight']:>5} {task['share'] * 100:>9.1f}% {task['existing']:>5} "
-              f"{task['new_trials']:>5} {best:>9}{note}")
+              f"{task['new_trials']:>5} {best:>9} {task.get('seconds', 0):>8.1f}{note}")
     print(f"curve     {job.out_dir / 'tuning_curve.png'}")
     return ExitCode.OK
 

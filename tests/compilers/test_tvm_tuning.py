@@ -123,6 +123,8 @@ def test_tune_script_prints_the_per_task_table(tmp_path):
     assert "4 new trials" in proc.stdout
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("fused_matmul")]
     assert rows and rows[0][4] == "4"  # the heaviest task got the batch: calls, share, had, new
+    assert float(rows[0][6]) > 0  # its tuning seconds
+    assert any(line.startswith("time      ") and "build" in line for line in proc.stdout.splitlines())
     assert (tmp_path / "out" / "tuning_curve.png").exists()
 
 

@@ -42,7 +42,8 @@ def test_one_point_then_resume_refusals(tmp_path):
     ort = point["onnxruntime"]["median_ms"]
     assert parity == next((m for m, ms in curve if ms <= ort), None)
     text = out.read_text()
-    assert "| parity min |" in text and "tuning time:" in text and "s per trial" in text
+    assert "| parity min | % peak |" in text and "tuning time:" in text and "s per trial" in text
+    assert data["environment"]["peak_gflops_by_threads"]["1"] > 0
     assert (tmp_path / "bench_curves.png").stat().st_size > 5000
 
     # Resuming with everything measured runs nothing and keeps the point.
