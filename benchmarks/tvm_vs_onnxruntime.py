@@ -102,7 +102,7 @@ def scaled_curve(point: dict) -> list[tuple[float, float]]:
     where every task has been measured (see the module's docstring)."""
     tuning = point.get("tuning") or {}
     curve, tasks = tuning.get("curve") or [], tuning.get("tasks") or []
-    tunable = sum(1 for t in tasks if not t.get("failed"))
+    tunable = sum(1 for t in tasks if t.get("best_ms") is not None)  # measured by the end
     if not curve or not point.get("tvm") or not curve[-1].get("estimated_ms"):
         return []
     scale = point["tvm"]["median_ms"] / curve[-1]["estimated_ms"]
@@ -148,7 +148,8 @@ def plot_curves(points: list[dict], path: Path) -> None:
         ax.set_xlabel("tuning minutes", fontsize=8)
         ax.set_ylabel("ms (scaled estimate)", fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(models):]:
         ax.axis("off")
     fig.suptitle("Tuned TVM latency during tuning (solid)\nagainst ONNX Runtime (dashed); dot: parity", fontsize=9)
@@ -227,7 +228,8 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         "ORT's median (`> N`: not within the budget); see `tvm_vs_onnxruntime_curves.png`.",
         "- **% peak** = the model's FLOPs (TVM's estimate over its tasks) / median latency, against the fp32 "
         "matmul peak measured at that thread count (numpy's BLAS: "
-        + ", ".join(f"{k} thread(s) {v} GFLOP/s" for k, v in (env.get("peak_gflops_by_threads") or {}).items())
+        + ", ".join(f"{k} thread(s) {v if v else 'unmeasured'} GFLOP/s"
+                    for k, v in (env.get("peak_gflops_by_threads") or {}).items())
         + "), ORT/TVM.", "",
         "| model | threads | batch | ORT ms [95% CI] | tuned TVM ms [95% CI] | TVM / ORT [95% CI] | verdict | "
         "tuning s | trials | inherited | parity min | % peak | round spread % |",
@@ -303,6 +305,7 @@ def main() -> int:
         env["peak_gflops_by_threads"] = {str(t): measure_peak_gflops(t) for t in threads}
     argv = [a for a in sys.argv[1:] if a != "--resume"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    points = [p for p in points if not p.get("errors")]  # a failed point is measured again
     done = {(p["model"], p["threads"], p["batch"]) for p in points}
     text = render(points, args, env, earlier_seconds, argv, sessions)
     for model in split_list(args.models):
@@ -347,6 +350,12 @@ def resumed(path: Path, env: dict, settings: dict) -> tuple[list[dict], float, i
     machine = earlier.get("environment", {}).get("cpu", {}).get("model")
     if machine != env.get("cpu", {}).get("model"):
         raise BadInputError(f"cannot resume {path}: it was measured on {machine}, this is {env['cpu'].get('model')}")
+    before, now = earlier.get("environment", {}), env
+    changed = [name for name in ("apache-tvm", "onnxruntime", "numpy")
+               if (before.get("packages") or {}).get(name) != (now.get("packages") or {}).get(name)]
+    changed += ["cores"] * (before.get("cores") != now.get("cores"))
+    if changed:
+        raise BadInputError(f"cannot resume {path}: another {', '.join(changed)} than the run's")
     differ = [k for k in SETTINGS if earlier.get("settings", {}).get(k) != settings[k]]
     if differ:
         raise BadInputError(f"cannot resume {path}: other settings ({', '.join(differ)})")

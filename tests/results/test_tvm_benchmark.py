@@ -68,6 +68,9 @@ def test_one_point_then_resume_refusals(tmp_path):
         module.resumed(out.with_suffix(".json"), {**env, "git_revision": "def5678"}, settings)
     with pytest.raises(BadInputError, match="other settings \\(tune_minutes\\)"):
         module.resumed(out.with_suffix(".json"), env, {**settings, "tune_minutes": 15.0})
+    upgraded = {**env, "packages": {**env["packages"], "apache-tvm": "0.99"}}
+    with pytest.raises(BadInputError, match="another apache-tvm"):
+        module.resumed(out.with_suffix(".json"), upgraded, settings)
     with pytest.raises(BadInputError, match="measured on"):
         module.resumed(out.with_suffix(".json"), {**env, "cpu": {"model": "another CPU"}}, settings)
     clean["environment"]["git_revision"] = "abc1234-dirty"

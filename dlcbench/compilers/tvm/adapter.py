@@ -54,7 +54,7 @@ class TvmOptions(CompileOptions):
         conv_layout: Layout of 2-D convolutions when tuning for the cpu target: ``NHWC`` (default; weights
             transposed once at compile time; quantized models keep NCHW) or ``NCHW`` as imported. A tuning
             database only applies to modules of the layout it was tuned with. The manifest's ``conv_layout``
-            says which one a model with convolutions was tuned in.
+            says which one a model with convolutions was tuned in (absent with ``NCHW``).
         rpc_tracker, rpc_key: Measure on TVM RPC servers instead of this machine (``HOST:PORT`` of a tracker and
             the servers' key, both or neither; :mod:`dlcbench.compilers.tvm.rpc`): MetaSchedule builds here and
             measures its candidates on every server of the key in parallel, and the artifact is then uploaded,

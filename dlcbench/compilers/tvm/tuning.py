@@ -232,7 +232,9 @@ def convert_conv_layout(mod, params: list, layout: str = "NHWC"):
     mod = relax.transform.LiftTransformParams()(mod)
     if "main_transform_params" not in [gv.name_hint for gv in mod.get_global_vars()]:
         return mod, params
-    transform = relax.transform.DeadCodeElimination(["main_transform_params"])(mod)
+    # Only the transform (DeadCodeElimination keeps every externally visible function, main included).
+    transform = relax.transform.DeadCodeElimination(["main_transform_params"])(
+        tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}, attrs=mod.attrs))
     vm = relax.VirtualMachine(tvm.compile(transform, target="llvm"), tvm.cpu())
     out = vm["main_transform_params"]([tvm.runtime.tensor(p) for p in params])
     converted = [np.asarray(t.numpy()) for t in out]
@@ -321,7 +323,8 @@ class TaskPlan:
     new_trials: int = 0
     best_ms: float | None = None
     failed: str | None = None
-    #: Wall seconds of this run's batches of the task (search, build and measurement of each).
+    #: Wall seconds from the previous batch's results to this task's (its search, build and measurement; the
+    #: first batch also holds the run's set-up).
     seconds: float = 0.0
 
 
@@ -509,7 +512,6 @@ class _Tuner:
 
     def scheduler(self):
         from tvm.ir.utils import derived_object
-        from tvm.s_tir.meta_schedule import Profiler as ms_profiler
         from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
         tuner = self
@@ -521,8 +523,7 @@ class _Tuner:
                 records = outer.tasks_
                 for i in range(len(records)):
                     if tuner.isolate_measurement and records[i].runner_futures is not None:
-                        with ms_profiler.timeit("JoinRunnerFutures"):
-                            self.join_running_task(i)  # the next search waits: it would share the measured cores
+                        self.join_running_task(i)  # the next search waits: it would share the measured cores
                     else:
                         outer.touch_task(i)  # joins finished measurements, so the latencies are current
                 alive = [i for i in range(len(records)) if not records[i].is_terminated
@@ -694,13 +695,15 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
     return database, report
 
 
-#: MetaSchedule profiler scopes by tuning stage (scopes not listed go to ``other``).
+#: MetaSchedule profiler scopes by tuning stage, the first matching prefix wins (scopes not listed go to
+#: ``other``). MetaSchedule's scopes do not nest (``EvoSearch/Evolve/Misc/CopyMeasuredWorkloads`` runs after
+#: ``EvoSearch/Evolve/Misc``), and the replay strategies have none.
 STAGE_SCOPES = {
-    "search": ("EvoSearch/", "ReplayTrace", "ReplayFunc", "GenerateMeasureCandidates"),
+    "database": ("MeasureCallback/AddToDatabase", "EvoSearch/PickBestFromDatabase"),
+    "cost_model": ("MeasureCallback/UpdateCostModel",),
+    "search": ("EvoSearch/",),
     "build": ("SendToBuilder",),
     "measure": ("SendToRunner", "JoinRunnerFutures"),
-    "cost_model": ("MeasureCallback/UpdateCostModel",),
-    "database": ("MeasureCallback/AddToDatabase", "EvoSearch/PickBestFromDatabase"),
 }
 
 
@@ -711,10 +714,9 @@ def _add_stage_seconds(totals: dict[str, float], profiler, wall_s: float) -> Non
         scopes = {str(k): float(v) for k, v in profiler.get().items()}
     except Exception:  # a diagnostic only
         return
-    totals["other"] = totals.get("other", 0.0) + max(0.0, wall_s - sum(
-        v for k, v in scopes.items() if k != "Total" and not any(k.startswith(o + "/") for o in scopes)))
+    totals["other"] = totals.get("other", 0.0) + max(0.0, wall_s - sum(v for k, v in scopes.items() if k != "Total"))
     for name, seconds in scopes.items():
-        if name == "Total" or any(name.startswith(outer + "/") for outer in scopes):  # nested: counted in outer
+        if name == "Total":
             continue
         stage = next((st for st, prefixes in STAGE_SCOPES.items()
                       if any(name.startswith(prefix) for prefix in prefixes)), "other")
