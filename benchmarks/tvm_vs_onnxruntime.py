@@ -11,6 +11,9 @@ inherited records, and the round-to-round spread; then where the tuned TVM time 
 Every point is written as soon as it is measured (Markdown, JSON and the curves' PNG), so a stopped run keeps
 what it measured; ``--resume`` goes on with the points the JSON lacks. A run is of one commit: resuming from another
 revision, or with other settings, is refused (start again with another ``--out``, or without ``--resume``).
+``--render`` measures no point: it writes the Markdown and the curves again from the JSON with this checkout's
+rendering. The fp32 peak behind ``% peak`` is measured at every start (run, sitting or rendering), and each thread
+count keeps its best figure: a measurement taken while the machine was busy reads low.
 
 **Time to parity** is read from the tuning curve. The curve's estimate (the sum over measured tasks of their best
 latency x calls) leaves out the VM's own overhead, so it is scaled by (measured tuned TVM median / final estimate);
@@ -230,7 +233,8 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         "matmul peak measured at that thread count (numpy's BLAS: "
         + ", ".join(f"{k} thread(s) {v if v else 'unmeasured'} GFLOP/s"
                     for k, v in (env.get("peak_gflops_by_threads") or {}).items())
-        + "), ORT/TVM.", "",
+        + (f"; the best of {len(env['peak_sittings'])} measurements, one per sitting"
+           if len(env.get("peak_sittings") or []) > 1 else "") + "), ORT/TVM.", "",
         "| model | threads | batch | ORT ms [95% CI] | tuned TVM ms [95% CI] | TVM / ORT [95% CI] | verdict | "
         "tuning s | trials | inherited | parity min | % peak | round spread % |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -286,23 +290,33 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tvm_vs_onnxruntime.md")
     parser.add_argument("--resume", action="store_true",
                         help="go on with the points --out's JSON lacks (same revision and settings only)")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing but the fp32 peak (kept if higher than the run's); write --out's "
+                             "Markdown and curves again from its JSON with this checkout's rendering")
     args = parser.parse_args()
     from dlcbench.results.env import environment
 
     start = time.perf_counter()
+    path = args.out.with_suffix(".json")
+    earlier = load_run(path) if args.resume or args.render else None
+    if args.render:
+        vars(args).update(earlier["settings"])
     threads = [int(t) for t in split_list(args.threads)]
     batches = [int(b) for b in split_list(args.batches)]
-    env = environment(max(threads), peak=False)
     settings = {k: getattr(args, k) for k in SETTINGS}
+    env = dict(earlier["environment"]) if args.render else environment(max(threads), peak=False)
     points, earlier_seconds, sessions = [], 0.0, 1
     if args.resume:
-        points, earlier_seconds, sessions = resumed(args.out.with_suffix(".json"), env, settings)
-        env["peak_gflops_by_threads"] = json.loads(args.out.with_suffix(".json").read_text())["environment"].get(
-            "peak_gflops_by_threads", {})
-    else:  # the roofline's compute roof at each thread count, measured once per run
-        from dlcbench.results.env import measure_peak_gflops
-
-        env["peak_gflops_by_threads"] = {str(t): measure_peak_gflops(t) for t in threads}
+        points, earlier_seconds, sessions = resumed(earlier, path, env, settings)
+    best, sittings = {}, []
+    if earlier:
+        best = earlier["environment"].get("peak_gflops_by_threads") or {}
+        sittings = earlier["environment"].get("peak_sittings") or []
+    env.update(measured_peaks(threads, best, sittings))  # the roofline's compute roof at each thread count
+    if args.render:
+        print(write_run(earlier["points"], args, env, float(earlier["seconds"]), earlier.get("argv") or [],
+                        int(earlier["sessions"]), settings))
+        return 0
     argv = [a for a in sys.argv[1:] if a != "--resume"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     points = [p for p in points if not p.get("errors")]  # a failed point is measured again
@@ -316,15 +330,7 @@ def main() -> int:
                 _say(f"== {model} threads {count} batch {batch}")
                 points.append(run_point(model, count, batch, args))
                 seconds = earlier_seconds + time.perf_counter() - start
-                text = render(points, args, env, seconds, argv, sessions)
-                args.out.write_text(text)
-                args.out.with_suffix(".json").write_text(json.dumps(
-                    {"points": points, "environment": env, "argv": argv, "settings": settings,
-                     "seconds": round(seconds, 1), "sessions": sessions}, indent=2, default=str))
-                try:
-                    plot_curves(points, args.out.with_name(args.out.stem + "_curves.png"))
-                except ImportError:
-                    pass  # matplotlib is optional
+                text = write_run(points, args, env, seconds, argv, sessions, settings)
     print(text)
     return 0
 
@@ -333,16 +339,65 @@ def main() -> int:
 SETTINGS = ("preset", "threads", "batches", "tune_minutes", "rounds", "min_seconds", "max_seconds")
 
 
-def resumed(path: Path, env: dict, settings: dict) -> tuple[list[dict], float, int]:
-    """The points of an earlier sitting of this run, its measuring seconds and the sitting count (this one included).
+def load_run(path: Path) -> dict:
+    """A run's JSON as written after each point.
 
     Raises:
-        BadInputError: no such file, another revision (or a dirty checkout), or other settings.
+        BadInputError: no such file, or not a run of this benchmark.
     """
     from dlcbench.errors import BadInputError
     from dlcbench.jsonio import load_file
 
     earlier = load_file(path)
+    if not isinstance(earlier, dict) or not {"points", "environment", "settings"} <= set(earlier):
+        raise BadInputError(f"{path} is not a run of this benchmark (no points, environment and settings)")
+    earlier.setdefault("seconds", 0.0)
+    earlier.setdefault("sessions", 1)
+    return earlier
+
+
+def write_run(points: list[dict], args, env: dict, seconds: float, argv: list[str], sessions: int,
+              settings: dict) -> str:
+    """Writes the run so far (Markdown, JSON, the curves' PNG when matplotlib is there); returns the Markdown."""
+    text = render(points, args, env, seconds, argv, sessions)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"points": points, "environment": env, "argv": argv, "settings": settings,
+         "seconds": round(seconds, 1), "sessions": sessions}, indent=2, default=str))
+    try:
+        plot_curves(points, args.out.with_name(args.out.stem + "_curves.png"))
+    except ImportError:
+        pass  # matplotlib is optional
+    return text
+
+
+def measured_peaks(threads: list[int], best: dict, sittings: list[dict]) -> dict:
+    """The fp32 peak at each thread count, measured now and merged with the run's earlier sittings.
+
+    A roof is the best the machine reached: each thread count keeps the highest figure of any sitting (a sitting that
+    measured while the machine was busy reads low). Returns ``peak_gflops_by_threads`` (the best) and
+    ``peak_sittings`` (each sitting's own figures, with when they were taken).
+    """
+    from dlcbench.results.env import measure_peak_gflops
+
+    now = {str(t): measure_peak_gflops(t) for t in threads}
+    merged = dict(best)
+    for key, value in now.items():
+        if value is not None and (merged.get(key) is None or value > merged[key]):
+            merged[key] = value
+    sitting = {"collected": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "gflops": now}
+    return {"peak_gflops_by_threads": merged, "peak_sittings": [*sittings, sitting]}
+
+
+def resumed(earlier: dict, path: Path, env: dict, settings: dict) -> tuple[list[dict], float, int]:
+    """The points of an earlier sitting of this run, its measuring seconds and the sitting count (this one included).
+
+    Raises:
+        BadInputError: another revision (or a dirty checkout), machine, versions or settings.
+    """
+    from dlcbench.errors import BadInputError
+
     revision = earlier.get("environment", {}).get("git_revision")
     if not revision or revision.endswith("-dirty") or revision != env.get("git_revision"):
         raise BadInputError(f"cannot resume {path}: it was measured at revision {revision}, this checkout is "

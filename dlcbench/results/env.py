@@ -99,14 +99,23 @@ print(2 * n ** 3 / best / 1e9)
 """
 
 
-def measure_peak_gflops(threads: int, n: int = 1024) -> float | None:
-    """Measured fp32 matmul GFLOP/s with ``threads`` BLAS threads (the roofline's compute roof)."""
+def measure_peak_gflops(threads: int, n: int = 1024, tries: int = 3) -> float | None:
+    """Measured fp32 matmul GFLOP/s with ``threads`` BLAS threads (the roofline's compute roof).
+
+    The best of ``tries`` fresh processes (each the best of five products): a roof is what the machine can reach,
+    and one process can land on a busy moment.
+    """
     env = {**os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
-    try:
-        out = subprocess.run([sys.executable, "-c", _PEAK_CODE, str(n)], capture_output=True, text=True, env=env, timeout=120)
-        return round(float(out.stdout.strip()), 1)
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return None
+    best = None
+    for _ in range(tries):
+        try:
+            out = subprocess.run([sys.executable, "-c", _PEAK_CODE, str(n)], capture_output=True, text=True, env=env,
+                                 timeout=120)
+            value = float(out.stdout.strip())
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            continue
+        best = value if best is None else max(best, value)
+    return None if best is None else round(best, 1)
 
 
 _BANDWIDTH_CODE = """

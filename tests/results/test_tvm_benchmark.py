@@ -62,23 +62,60 @@ def test_one_point_then_resume_refusals(tmp_path):
     clean = json.loads(out.with_suffix(".json").read_text())
     clean["environment"]["git_revision"] = "abc1234"
     out.with_suffix(".json").write_text(json.dumps(clean))
-    points, seconds, sittings = module.resumed(out.with_suffix(".json"), env, settings)
+    points, seconds, sittings = module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), env, settings)
     assert points == [point] and seconds > 0 and sittings == 2
     with pytest.raises(BadInputError, match="revision abc1234, this checkout is def5678"):
-        module.resumed(out.with_suffix(".json"), {**env, "git_revision": "def5678"}, settings)
+        module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), {**env, "git_revision": "def5678"}, settings)
     with pytest.raises(BadInputError, match="other settings \\(tune_minutes\\)"):
-        module.resumed(out.with_suffix(".json"), env, {**settings, "tune_minutes": 15.0})
+        module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), env, {**settings, "tune_minutes": 15.0})
     upgraded = {**env, "packages": {**env["packages"], "apache-tvm": "0.99"}}
     with pytest.raises(BadInputError, match="another apache-tvm"):
-        module.resumed(out.with_suffix(".json"), upgraded, settings)
+        module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), upgraded, settings)
     with pytest.raises(BadInputError, match="measured on"):
-        module.resumed(out.with_suffix(".json"), {**env, "cpu": {"model": "another CPU"}}, settings)
+        module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), {**env, "cpu": {"model": "another CPU"}}, settings)
     clean["environment"]["git_revision"] = "abc1234-dirty"
     out.with_suffix(".json").write_text(json.dumps(clean))
     with pytest.raises(BadInputError, match="one clean commit"):
-        module.resumed(out.with_suffix(".json"), {**env, "git_revision": "abc1234-dirty"}, settings)
+        module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"),
+                       {**env, "git_revision": "abc1234-dirty"}, settings)
 
 
 def test_resume_without_results_is_one_line(tmp_path):
     run = run_script(SCRIPT, *TINY, "--out", str(tmp_path / "none.md"), "--resume", timeout=300)
     assert_one_line_error(run, ExitCode.BAD_INPUT, "none.json")
+
+
+COMMITTED = ROOT / "benchmarks" / "results" / "tvm-15min" / "tvm_vs_onnxruntime.json"
+
+
+def test_render_rewrites_a_run_and_keeps_the_best_peak(tmp_path):
+    """--render measures no point: it writes the table again from the JSON, with the peak merged by maximum."""
+    run = json.loads(COMMITTED.read_text())
+    run["environment"]["peak_gflops_by_threads"] = {"1": 1e6, "2": 1.0}  # one unbeatable, one beaten at once
+    run["environment"].pop("peak_sittings", None)
+    out = tmp_path / "run.md"
+    out.with_suffix(".json").write_text(json.dumps(run))
+    done = run_script(SCRIPT, "--out", str(out), "--render", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["points"] == run["points"] and again["settings"] == run["settings"]
+    assert again["environment"]["git_revision"] == run["environment"]["git_revision"]  # still the run's revision
+    peaks = again["environment"]["peak_gflops_by_threads"]
+    [sitting] = again["environment"]["peak_sittings"]
+    assert peaks["1"] == 1e6 and peaks["2"] == sitting["gflops"]["2"] > 1.0
+    text = out.read_text()
+    assert text.count("| resnet50 |") == len(run["points"])
+    assert "2 thread(s) " + str(peaks["2"]) in text
+
+    # A second rendering adds its own sitting; the best figure stays.
+    assert run_script(SCRIPT, "--out", str(out), "--render", timeout=300).returncode == 0
+    twice = json.loads(out.with_suffix(".json").read_text())["environment"]
+    assert len(twice["peak_sittings"]) == 2 and twice["peak_gflops_by_threads"]["1"] == 1e6
+    assert twice["peak_gflops_by_threads"]["2"] == max(s["gflops"]["2"] for s in twice["peak_sittings"])
+    assert "the best of 2 measurements" in out.read_text()
+
+
+def test_render_of_something_else_is_one_line(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"rows": []}))
+    run = run_script(SCRIPT, "--out", str(tmp_path / "x.md"), "--render", timeout=300)
+    assert_one_line_error(run, ExitCode.BAD_INPUT, "not a run of this benchmark")
