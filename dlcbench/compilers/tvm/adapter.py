@@ -403,12 +403,11 @@ class TvmAdapter(Adapter):
             mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
             precision_note["fp16"] = "relax.transform.ToMixedPrecision: fp16 compute, fp32 accumulation"
         if options.target == "cpu" and options.tuning and options.conv_layout != "NCHW":
-            from dlcbench.compilers.tvm.tuning import convert_conv_layout, relax_ops
+            from dlcbench.compilers.tvm.tuning import convert_conv_layout
 
-            converted, params = convert_conv_layout(mod, params, options.conv_layout)
-            if "relax.nn.conv2d" in relax_ops(mod):
-                precision_note["conv_layout"] = options.conv_layout if converted is not mod else "NCHW"
-            mod = converted
+            mod, params, used = convert_conv_layout(mod, params, options.conv_layout)
+            if used:
+                precision_note["conv_layout"] = used
         if options.target == "cuda":
             from dlcbench.compilers.tvm.cuda import compile_cuda, device_code_archs
 

@@ -90,7 +90,7 @@ def _model_module(model, input_shapes, separate_params: bool, fast_math: bool, c
         if conv_layout:
             from dlcbench.compilers.tvm.tuning import convert_conv_layout
 
-            mod, _params = convert_conv_layout(mod, _params, conv_layout)
+            mod, _params, _layout = convert_conv_layout(mod, _params, conv_layout)
     if fast_math:
         from tvm import relax
 

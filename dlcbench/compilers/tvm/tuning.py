@@ -206,7 +206,9 @@ CONV_LAYOUTS = ("NHWC", "NCHW")
 
 
 def convert_conv_layout(mod, params: list, layout: str = "NHWC"):
-    """Rewrites 2-D convolutions to ``layout`` before tuning; returns ``(mod, params)``.
+    """Rewrites 2-D convolutions to ``layout`` before tuning; returns ``(mod, params, layout used)``.
+
+    The layout used is ``None`` when the module has no 2-D convolution, ``NCHW`` when it keeps its layout.
 
     MetaSchedule's x86 rules vectorise the innermost axis: with channels last, that is the output channels,
     and its first random schedules of ResNet-50's convolutions were 1.5-3x faster than NCHW's at equal trials
@@ -224,14 +226,16 @@ def convert_conv_layout(mod, params: list, layout: str = "NHWC"):
     if layout not in CONV_LAYOUTS:
         raise BadInputError(f"unknown conv_layout {layout!r}; valid: {', '.join(CONV_LAYOUTS)}")
     ops = relax_ops(mod)
-    if layout == "NCHW" or "relax.nn.conv2d" not in ops or ops & QDQ_OPS:
-        return mod, params
+    if "relax.nn.conv2d" not in ops:
+        return mod, params, None
+    if layout == "NCHW" or ops & QDQ_OPS:
+        return mod, params, "NCHW"
     mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [layout, "OHWI"]})(mod)
     if not params:
-        return mod, params
+        return mod, params, layout
     mod = relax.transform.LiftTransformParams()(mod)
     if "main_transform_params" not in [gv.name_hint for gv in mod.get_global_vars()]:
-        return mod, params
+        return mod, params, layout
     # Only the transform (DeadCodeElimination keeps every externally visible function, main included).
     transform = relax.transform.DeadCodeElimination(["main_transform_params"])(
         tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv.name_hint != "main"}, attrs=mod.attrs))
@@ -240,7 +244,7 @@ def convert_conv_layout(mod, params: list, layout: str = "NHWC"):
     converted = [np.asarray(t.numpy()) for t in out]
     kept = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv.name_hint != "main_transform_params"},
                         attrs=mod.attrs)
-    return relax.transform.DeadCodeElimination(["main"])(kept), converted
+    return relax.transform.DeadCodeElimination(["main"])(kept), converted, layout
 
 
 #: Ops with no layout rule: around each, ConvertLayout would transpose activations back to NCHW and forth.
