@@ -483,21 +483,33 @@ def _write_report_files(db: Path, experiment: str, out_dir: Path, baseline: str 
     if baseline not in backends:
         raise BadInputError(f"baseline {baseline!r} has no results in {experiment}; valid: {', '.join(backends)}")
     region_sections, speedup_sections = [], []
+    machines_seen = sorted({r["machine"] for r in good}, key=str)
+    several = len(machines_seen) > 1
+    env_of = {host_of[i]: e for i, e in zip(env_ids, environments)}
     for index, (region, view) in enumerate(views.items()):
         # Each region has its own plots (the first one's without a suffix) and speedup table: never one comparison.
-        suffix = "" if index == 0 else f"_{region}"
-        names = {plot: f"{plot}{suffix}.png" for plot in ("latency", "speedup", "scaling", "roofline")}
-        plot_latency(view, out_dir / names["latency"])
-        has_baseline = baseline in {series(r) for r in view}
-        if has_baseline:
-            plot_speedup(view, baseline, out_dir / names["speedup"])
+        if any(series(r) == baseline for r in view):
             speedup_sections += _speedup_lines(view, baseline)
-        plot_scaling(view, out_dir / names["scaling"])
-        plot_roofline(view, environment, out_dir / names["roofline"])
-        shown = [n for plot, n in names.items() if has_baseline or plot != "speedup"]
-        region_sections += [f"### {REGION_TITLES[region]}", "",
-                            *(line for n in shown for line in (f"![{n[:-4]}]({n})", "")),
-                            *([] if has_baseline else [f"({baseline} has no {region} figures: no speedups here.)", ""])]
+        for number, machine in enumerate(machines_seen, 1):
+            # ... and so has each machine: one plot never puts two machines' figures side by side.
+            part = [r for r in view if r["machine"] == machine] if several else view
+            if not part:
+                continue
+            suffix = ("" if index == 0 else f"_{region}") + (f"_m{number}" if several else "")
+            names = {plot: f"{plot}{suffix}.png" for plot in ("latency", "speedup", "scaling", "roofline")}
+            plot_latency(part, out_dir / names["latency"])
+            has_baseline = baseline in {series(r) for r in part}
+            if has_baseline:
+                plot_speedup(part, baseline, out_dir / names["speedup"])
+            plot_scaling(part, out_dir / names["scaling"])
+            plot_roofline(part, env_of.get(machine, environment) if several else environment,
+                          out_dir / names["roofline"])
+            shown = [n for plot, n in names.items() if has_baseline or plot != "speedup"]
+            title = REGION_TITLES[region] + (f", on {machine}" if several else "")
+            where = f" on {machine}" if several else ""
+            region_sections += [f"### {title}", "", *(line for n in shown for line in (f"![{n[:-4]}]({n})", "")),
+                                *([] if has_baseline else
+                                  [f"({baseline} has no {region} figures{where}: no speedups here.)", ""])]
     accuracy_sections = []
     scored = accuracy_rows(views.get("resident") or next(iter(views.values())))
     if scored:
@@ -513,7 +525,9 @@ def _write_report_files(db: Path, experiment: str, out_dir: Path, baseline: str 
         machines.append(f"- {env.get('cpu', {}).get('model', '?')}, {env.get('cores', '?')} cores, "
                         f"{env.get('memory_gb', '?')} GB; GPUs: {gpus}; git {env.get('git_revision')}{peak}")
     lines = [
-        f"# dlcbench report: {experiment}", "", "Machines (the roofline uses the first CPU machine's peak):", "",
+        f"# dlcbench report: {experiment}", "",
+        ("Machines (each has its own plots; its roofline uses its own measured peak):" if several else
+         "Machines (the roofline uses the first CPU machine's peak):"), "",
         *machines, "",
         f"Speedups are relative to **{baseline}**. {len(failures)} failed job(s), {len(unstable)} unstable timing(s) "
         f"((p90 - p10) / median above {SPREAD_FLAG * 100:g} %). In the table, `spread_pct` is (p90 - p10) / median "

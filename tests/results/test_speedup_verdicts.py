@@ -87,3 +87,11 @@ def test_cpu_rows_from_two_machines_are_never_compared(tmp_path):
     assert "| machine |" in table and len(cells) == 2  # one per machine: never node-a's tvm against node-b's ort
     assert sorted(c[3].split(" ")[0] for c in cells) == ["node-a", "node-b"]
     assert all(float(c[5].rstrip("x")) == pytest.approx(2.0, rel=0.03) for c in cells)  # not 1x or 4x: same machine
+    # Each machine has its own plots, named in the report; none mixes the two.
+    out = tmp_path / "report"
+    for number, host in ((1, "node-a"), (2, "node-b")):
+        assert any(line.startswith("### ") and line.endswith(f", on {host} (test)") for line in text.splitlines())
+        for plot in ("latency", "speedup", "scaling", "roofline"):
+            assert (out / f"{plot}_m{number}.png").stat().st_size > 1000
+            assert f"]({plot}_m{number}.png)" in text
+    assert not (out / "latency.png").exists() and "each has its own plots" in text
