@@ -13,7 +13,9 @@ what it measured; ``--resume`` goes on with the points the JSON lacks. A run is 
 revision, or with other settings, is refused (start again with another ``--out``, or without ``--resume``).
 ``--render`` measures no point: it writes the Markdown and the curves again from the JSON with this checkout's
 rendering. The fp32 peak behind ``% peak`` is measured at every start (run, sitting or rendering), and each thread
-count keeps its best figure: a measurement taken while the machine was busy reads low.
+count keeps its best figure: a measurement taken while the machine was busy reads low (render on an idle machine).
+The table ends with the issue's targets against the points measured so far: each ratio bound met (the whole
+interval at or below it), not ruled out (only its lower end) or missed.
 
 **Time to parity** is read from the tuning curve. The curve's estimate (the sum over measured tasks of their best
 latency x calls) leaves out the VM's own overhead, so it is scaled by (measured tuned TVM median / final estimate);
@@ -113,6 +115,61 @@ def scaled_curve(point: dict) -> list[tuple[float, float]]:
             if c.get("measured_tasks", 0) >= tunable and c.get("estimated_ms")]
 
 
+def share_of_peak(point: dict, backend: str, env: dict) -> float | None:
+    """The model's FLOPs (TVM's estimate over its tasks) per second at ``backend``'s median, over the fp32 peak
+    measured at the point's thread count; None where a figure is missing."""
+    peak = (env.get("peak_gflops_by_threads") or {}).get(str(point["threads"]))
+    flops = sum(t.get("flops") or 0 for t in (point.get("tuning") or {}).get("tasks") or [])
+    if not peak or not flops or not point.get(backend):
+        return None
+    return flops / (point[backend]["median_ms"] / 1e3) / 1e9 / peak
+
+
+#: The targets of issue #15, as (label, which points, bound of TVM / ORT).
+RATIO_TARGETS = (("threads 1, batch 1: TVM at least as fast as ONNX Runtime on five of the six models",
+                  lambda p: p["threads"] == 1 and p["batch"] == 1, 1.0),
+                 ("threads 1, batch 1: within 1.2x on all six", lambda p: p["threads"] == 1 and p["batch"] == 1, 1.2),
+                 ("threads 2 or batch 8: within 1.25x on all six", lambda p: p["threads"] > 1 or p["batch"] > 1, 1.25))
+PEAK_TARGET = ("resnet50", 8, 0.5)  # model, batch, share of the measured peak
+
+
+def target_lines(points: list[dict], env: dict) -> list[str]:
+    """Each target against the points measured so far: a ratio bound is *met* when the ratio's whole 95 % interval
+    is at or below it, *not ruled out* when only its lower end is (no significant difference from the bound), and
+    *missed* otherwise; a point that failed misses."""
+    lines = []
+    for label, chosen, bound in RATIO_TARGETS:
+        mine = [p for p in points if chosen(p)]
+        if not mine:
+            continue
+        met, open_, missed = [], [], []
+        for p in mine:
+            name = f"{p['model']} t{p['threads']} b{p['batch']}"
+            r = p.get("ratio")
+            if not r:
+                missed.append(f"{name} (failed)")
+            elif r["ci"][1] <= bound:
+                met.append(name)
+            elif r["ci"][0] <= bound:
+                open_.append(f"{name} {r['tvm_over_ort']:.2f}x")
+            else:
+                missed.append(f"{name} {r['tvm_over_ort']:.2f}x")
+        lines.append(f"- **{label}** (TVM / ORT <= {bound:g}), so far: met on {len(met)} of {len(mine)} points"
+                     + (f"; not ruled out on {', '.join(open_)}" if open_ else "")
+                     + (f"; missed on {', '.join(missed)}" if missed else "") + ".")
+    model, batch, share = PEAK_TARGET
+    for p in (p for p in points if p["model"] == model and p["batch"] == batch):
+        got = share_of_peak(p, "tvm", env)
+        verdict = "unmeasured" if got is None else ("met" if got >= share else "missed")
+        lines.append(f"- **{model} batch {batch}, {p['threads']} thread(s): tuned TVM at >= {share * 100:.0f} % of "
+                     f"the measured fp32 peak**: {verdict}" + (f" ({got * 100:.0f} %)." if got is not None else "."))
+    reached = [f"{p['model']} t{p['threads']} b{p['batch']} {p['parity']['minutes']:.1f} min" for p in points
+               if (p.get("parity") or {}).get("minutes") is not None]
+    lines.append(f"- **Time to parity** within the budget: {len(reached)} of {len(points)} points"
+                 + (f" ({', '.join(reached)})" if reached else "") + ".")
+    return lines
+
+
 def time_to_parity(point: dict) -> dict:
     """Minutes of tuning until the scaled curve reaches ONNX Runtime's median (None: not within the budget)."""
     curve = scaled_curve(point)
@@ -194,11 +251,8 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         return {"faster": "TVM faster", "slower": "TVM slower"}.get(r["verdict"], "no significant difference")
 
     def peak_share(point, backend):
-        peak = (env.get("peak_gflops_by_threads") or {}).get(str(point["threads"]))
-        flops = sum(t.get("flops") or 0 for t in (point.get("tuning") or {}).get("tasks") or [])
-        if not peak or not flops or not point.get(backend):
-            return "-"
-        return f"{flops / (point[backend]['median_ms'] / 1e3) / 1e9 / peak * 100:.0f}"
+        share = share_of_peak(point, backend, env)
+        return "-" if share is None else f"{share * 100:.0f}"
 
     def parity(point):
         found = point.get("parity") or {}
@@ -246,6 +300,10 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
             f"{ratio(p)} | {verdict(p)} | {tuning.get('seconds') or 0:.0f} | {tuning.get('new_trials', 0)} | "
             f"{tuning.get('inherited_records', '-')} | {parity(p)} | "
             f"{peak_share(p, 'onnxruntime')}/{peak_share(p, 'tvm')} | {spread(p)} |")
+    lines += ["", "## Against the targets", "",
+              f"The targets of issue #15 over the {len(points)} points measured so far. A ratio bound is met when the "
+              "ratio's whole 95 % interval is at or below it, not ruled out when only the interval's lower end is.",
+              "", *target_lines(points, env)]
     lines += ["", "## Where the tuned TVM time goes", "",
               "Per function of the tuned module, one inference, timed through the VM's instrument hook (a few "
               "microseconds of hook per call are included); then how the tuner spent its trials and its time "

@@ -106,6 +106,9 @@ def test_render_rewrites_a_run_and_keeps_the_best_peak(tmp_path):
     text = out.read_text()
     assert text.count("| resnet50 |") == len(run["points"])
     assert "2 thread(s) " + str(peaks["2"]) in text
+    targets = text[text.index("## Against the targets"):text.index("## Where the tuned TVM time goes")]
+    t1b1 = next(p for p in run["points"] if (p["threads"], p["batch"]) == (1, 1))
+    assert f"missed on {t1b1['model']} t1 b1 {t1b1['ratio']['tvm_over_ort']:.2f}x" in targets
 
     # A second rendering adds its own sitting; the best figure stays.
     assert run_script(SCRIPT, "--out", str(out), "--render", timeout=300).returncode == 0
@@ -119,3 +122,20 @@ def test_render_of_something_else_is_one_line(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"rows": []}))
     run = run_script(SCRIPT, "--out", str(tmp_path / "x.md"), "--render", timeout=300)
     assert_one_line_error(run, ExitCode.BAD_INPUT, "not a run of this benchmark")
+
+
+def test_targets_read_the_interval():
+    """Met: the whole interval at or below the bound; not ruled out: only its lower end; missed: neither, or failed."""
+    module = _module()
+
+    def point(model, threads, batch, lo, hi):
+        return {"model": model, "threads": threads, "batch": batch,
+                "ratio": {"tvm_over_ort": (lo + hi) / 2, "ci": [lo, hi]}, "parity": {"minutes": 3.0 if hi < 1 else None}}
+
+    points = [point("a", 1, 1, 0.90, 0.95), point("b", 1, 1, 0.98, 1.03), point("c", 1, 1, 1.10, 1.15),
+              {"model": "d", "threads": 1, "batch": 1}, point("a", 2, 8, 1.20, 1.30)]
+    lines = module.target_lines(points, {})
+    assert "met on 1 of 4 points; not ruled out on b t1 b1 1.00x; missed on c t1 b1 1.12x, d t1 b1 (failed)" in lines[0]
+    assert "met on 3 of 4 points; missed on d t1 b1 (failed)" in lines[1]
+    assert "met on 0 of 1 points; not ruled out on a t2 b8 1.25x" in lines[2]
+    assert lines[-1] == "- **Time to parity** within the budget: 1 of 5 points (a t1 b1 3.0 min)."
