@@ -170,6 +170,26 @@ def target_lines(points: list[dict], env: dict) -> list[str]:
     return lines
 
 
+def trial_cost(point: dict) -> dict:
+    """Seconds per trial from the tuning curve: over the first pass (until every task has been measured once) and
+    over the later batches by thirds (empty when fewer than three); whether a trial grows dearer as the database
+    fills is read from the thirds."""
+    curve = (point.get("tuning") or {}).get("curve") or []
+    final = curve[-1].get("measured_tasks", 0) if curve else 0
+    first, later = [], []
+    for a, b in zip(curve, curve[1:]):
+        if b["trials"] > a["trials"]:
+            (first if a.get("measured_tasks", 0) < final else later).append((b["seconds"] - a["seconds"],
+                                                                              b["trials"] - a["trials"]))
+
+    def rate(part):
+        return sum(s for s, _ in part) / max(sum(n for _, n in part), 1)
+
+    third = len(later) // 3
+    return {"first_pass": rate(first) if first else None,
+            "later": [rate(later[i * third:(i + 1) * third]) for i in range(3)] if third else []}
+
+
 def time_to_parity(point: dict) -> dict:
     """Minutes of tuning until the scaled curve reaches ONNX Runtime's median (None: not within the budget)."""
     curve = scaled_curve(point)
@@ -325,6 +345,11 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
             lines.append(f"- **{name}** tuning time: " + ", ".join(
                 f"{k} {v / total * 100:.0f}%" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
                 + (f"; {total / trials:.2f} s per trial" if trials else ""))
+        cost = trial_cost(p)
+        if cost["later"]:
+            lines.append(f"- **{name}** seconds per trial: {cost['first_pass']:.2f} in the first pass (every task "
+                         f"once), then {' / '.join(f'{v:.2f}' for v in cost['later'])} over the later batches by "
+                         "thirds, while the database grew")
     errors = [f"{p['model']} t{p['threads']} b{p['batch']}: {e}" for p in points for e in p.get("errors", [])]
     if errors:
         lines += ["", "## Failures", ""] + [f"- {e}" for e in errors]

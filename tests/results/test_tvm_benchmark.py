@@ -139,3 +139,14 @@ def test_targets_read_the_interval():
     assert "met on 3 of 4 points; missed on d t1 b1 (failed)" in lines[1]
     assert "met on 0 of 1 points; not ruled out on a t2 b8 1.25x" in lines[2]
     assert lines[-1] == "- **Time to parity** within the budget: 1 of 5 points (a t1 b1 3.0 min)."
+
+
+def test_trial_cost_splits_the_first_pass_from_later_thirds():
+    module = _module()
+    curve = [{"trials": 0, "seconds": 0.0, "measured_tasks": 0}, {"trials": 16, "seconds": 8.0, "measured_tasks": 1},
+             {"trials": 32, "seconds": 12.0, "measured_tasks": 2}]  # first pass: 12 s for 32 trials
+    for i, cost in enumerate([1.0, 1.0, 2.0, 2.0, 0.5, 0.5]):  # later thirds: 1, 2 and 0.5 s per trial
+        curve.append({"trials": 48 + 16 * i, "seconds": curve[-1]["seconds"] + 16 * cost, "measured_tasks": 2})
+    found = module.trial_cost({"tuning": {"curve": curve}})
+    assert found["first_pass"] == pytest.approx(12 / 32) and found["later"] == pytest.approx([1.0, 2.0, 0.5])
+    assert module.trial_cost({"tuning": {"curve": curve[:4]}})["later"] == []
