@@ -9,8 +9,8 @@ with its 95 % bootstrap interval, the ratio TVM / ORT with its interval and verd
 inherited records, and the round-to-round spread; then where the tuned TVM time goes.
 
 Every point is written as soon as it is measured (Markdown, JSON and the curves' PNG), so a stopped run keeps
-what it measured; ``--resume`` goes on with the points the JSON lacks. A run is of one commit: resuming from another
-revision, or with other settings, is refused (start again with another ``--out``, or without ``--resume``).
+what it measured; ``--resume`` goes on with the points the JSON lacks. A run is of one commit and one machine: resuming
+from another revision, on another CPU (name, SIMD flags, family and model numbers) or with other settings is refused (start again with another ``--out``, or without ``--resume``).
 ``--render`` measures no point: it writes the Markdown and the curves again from the JSON with this checkout's
 rendering. The fp32 peak behind ``% peak`` is measured at every start (run, sitting or rendering), and each thread
 count keeps its best figure: a measurement taken while the machine was busy reads low (render on an idle machine).
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -96,7 +97,8 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
         point["ratio"] = {"tvm_over_ort": 1 / speed["speedup"], "ci": [1 / hi, 1 / lo], "verdict": speed["verdict"]}
         point["parity"] = time_to_parity(point)
         try:
-            point["profile"] = profile_tuned(jobs[1])
+            profile = profile_tuned(jobs[1])
+            point["profile"], point["profile_threads"] = profile["functions"], profile["threads"]
         except Exception as err:  # the profile is a diagnostic: its failure does not lose the point
             point["profile_error"] = str(err)[:200]
     return point
@@ -238,15 +240,43 @@ def plot_curves(points: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def profile_tuned(job) -> list[dict]:
-    """Per-function time of the tuned module in one inference (the VM's instrument hook)."""
-    from dlcbench.compilers.registry import get_adapter
-    from dlcbench.measure.job import export_for
+_PROFILE_CODE = """
+import json, sys
+from dlcbench.compilers.registry import get_adapter
+from dlcbench.measure.job import export_for
+from dlcbench.orchestrate.launcher import job_from_dict
+job = job_from_dict(json.loads(sys.argv[1]))
+adapter = get_adapter("tvm")
+inputs = export_for(adapter, job).inputs()
+with adapter.load(job.out_dir) as session:
+    functions = session.profile(inputs)
+import tvm
+print(json.dumps({"functions": functions, "threads": tvm.get_global_func("runtime.NumThreads")()}))
+"""
 
-    adapter = get_adapter("tvm")
-    inputs = export_for(adapter, job).inputs()
-    with adapter.load(job.out_dir) as session:
-        return session.profile(inputs)
+
+def profile_tuned(job) -> dict:
+    """Per-function time of the tuned module in one inference (the VM's instrument hook), in a new process: TVM sizes
+    a process's thread pool once, so a profile run here after a point of fewer threads would run on fewer. Returns
+    ``functions`` (name, calls, ms, share) and ``threads`` (the size of the pool it ran on).
+
+    Raises:
+        RuntimeError: the profile failed (its stderr's tail) or ran past 30 minutes.
+    """
+    import subprocess
+
+    from dlcbench.cpus import restore_affinity, worker_env
+    from dlcbench.orchestrate.launcher import job_to_dict
+
+    restore_affinity()  # the child starts with the calling thread's CPUs
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROFILE_CODE, json.dumps(job_to_dict(job))], capture_output=True,
+                              text=True, timeout=1800, env={**os.environ, **worker_env()})
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("the profile ran past 30 minutes") from None
+    if done.returncode != 0:
+        raise RuntimeError(f"the profile failed: {done.stderr.strip()[-300:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _say(line: str) -> None:
@@ -287,7 +317,7 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
 
     lines = [
         "# TVM vs ONNX Runtime (CPU), on equal terms", "",
-        f"Machine: {env['cpu']['model']}, {env['cores']} cores ({', '.join(env['cpu']['flags'])}); preset "
+        f"Machine: {_cpu_words(env['cpu'])}, {env['cores']} cores; preset "
         f"`{args.preset}`; TVM {env['packages'].get('apache-tvm')}, ONNX Runtime {env['packages'].get('onnxruntime')}; "
         f"git {env.get('git_revision')}; one run of `benchmarks/tvm_vs_onnxruntime.py` "
         f"({' '.join(argv) or 'defaults'}), {seconds / 60:.1f} min of measuring in all"
@@ -332,8 +362,11 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         name = f"{p['model']} t{p['threads']} b{p['batch']}"
         prof = [f for f in p.get("profile") or [] if not f["name"].startswith("vm.builtin")]
         if prof:
+            total = sum(f["ms"] for f in p["profile"])
             lines.append(f"- **{name}** time: " + "; ".join(
-                f"{f['name']} x{f['calls']} {f['ms']:.3f} ms ({f['share'] * 100:.0f}%)" for f in prof[:5]))
+                f"{f['name']} x{f['calls']} {f['ms']:.3f} ms ({f['share'] * 100:.0f}%)" for f in prof[:5])
+                + f" (the profile sums to {total:.1f} ms, against a median of {p['tvm']['median_ms']:.1f} ms"
+                + (f"; profiled on {p['profile_threads']} thread(s)" if p.get("profile_threads") else "") + ")")
         tasks = [t for t in (p.get("tuning") or {}).get("tasks") or [] if t.get("new_trials")]
         if tasks:
             lines.append(f"- **{name}** trials ({len(tasks)} of {len(p['tuning']['tasks'])} tasks tuned): " + "; ".join(
@@ -405,13 +438,14 @@ def main() -> int:
     points = [p for p in points if not p.get("errors")]  # a failed point is measured again
     done = {(p["model"], p["threads"], p["batch"]) for p in points}
     text = render(points, args, env, earlier_seconds, argv, sessions)
-    for model in split_list(args.models):
+    # Every model at one (threads, batch) before the next: a run stopped early has whole columns to compare.
+    for batch in batches:
         for count in threads:
-            for batch in batches:
+            for model in split_list(args.models):
                 if (model, count, batch) in done:
                     continue
                 _say(f"== {model} threads {count} batch {batch}")
-                points.append(run_point(model, count, batch, args))
+                points.append({**run_point(model, count, batch, args), "sitting": sessions})
                 seconds = earlier_seconds + time.perf_counter() - start
                 text = write_run(points, args, env, seconds, argv, sessions, settings)
     print(text)
@@ -473,6 +507,11 @@ def measured_peaks(threads: list[int], best: dict, sittings: list[dict]) -> dict
     return {"peak_gflops_by_threads": merged, "peak_sittings": [*sittings, sitting]}
 
 
+def _cpu_words(cpu: dict) -> str:
+    numbers = f" family {cpu['family']} model {cpu.get('model_number')}" if "family" in cpu else ""
+    return f"{cpu.get('model')}{numbers} ({', '.join(cpu.get('flags') or []) or 'no flags recorded'})"
+
+
 def resumed(earlier: dict, path: Path, env: dict, settings: dict) -> tuple[list[dict], float, int]:
     """The points of an earlier sitting of this run, its measuring seconds and the sitting count (this one included).
 
@@ -485,9 +524,10 @@ def resumed(earlier: dict, path: Path, env: dict, settings: dict) -> tuple[list[
     if not revision or revision.endswith("-dirty") or revision != env.get("git_revision"):
         raise BadInputError(f"cannot resume {path}: it was measured at revision {revision}, this checkout is "
                             f"{env.get('git_revision')} (a run is of one clean commit)")
-    machine = earlier.get("environment", {}).get("cpu", {}).get("model")
-    if machine != env.get("cpu", {}).get("model"):
-        raise BadInputError(f"cannot resume {path}: it was measured on {machine}, this is {env['cpu'].get('model')}")
+    machine, here = earlier.get("environment", {}).get("cpu", {}), env.get("cpu", {})
+    if machine != here:  # model name, SIMD flags, family and model numbers: one name can cover two generations
+        raise BadInputError(f"cannot resume {path}: it was measured on {_cpu_words(machine)}, this is "
+                            f"{_cpu_words(here)} (a run is of one machine: start another with another --out)")
     before, now = earlier.get("environment", {}), env
     changed = [name for name in ("apache-tvm", "onnxruntime", "numpy")
                if (before.get("packages") or {}).get(name) != (now.get("packages") or {}).get(name)]

@@ -22,7 +22,11 @@ _FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_ti
 
 
 def cpu_info() -> dict:
-    """This CPU's model name and the SIMD flags that matter for results."""
+    """This CPU's model name, the SIMD flags that matter for results and, on x86, its family and model numbers.
+
+    A virtual machine's model name can be as vague as ``AMD EPYC`` for CPUs generations apart (one with AVX-512,
+    one without): the numbers and flags tell them apart.
+    """
     info = {"model": platform.processor() or platform.machine(), "flags": []}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -30,9 +34,12 @@ def cpu_info() -> dict:
         return info
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name":
+        key = key.strip()
+        if key == "model name":
             info["model"] = value.strip()
-        elif key.strip() in ("flags", "Features"):
+        elif key in ("cpu family", "model") and value.strip().isdigit():
+            info["family" if key == "cpu family" else "model_number"] = int(value)
+        elif key in ("flags", "Features"):
             present = set(value.split())
             info["flags"] = [f for f in _FLAGS if f in present]
             break

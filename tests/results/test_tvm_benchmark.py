@@ -71,8 +71,13 @@ def test_one_point_then_resume_refusals(tmp_path):
     upgraded = {**env, "packages": {**env["packages"], "apache-tvm": "0.99"}}
     with pytest.raises(BadInputError, match="another apache-tvm"):
         module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), upgraded, settings)
+    earlier = module.load_run(out.with_suffix(".json"))
     with pytest.raises(BadInputError, match="measured on"):
-        module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), {**env, "cpu": {"model": "another CPU"}}, settings)
+        module.resumed(earlier, out.with_suffix(".json"), {**env, "cpu": {"model": "another CPU"}}, settings)
+    # The same vague name on another generation (AVX-512 or not): another machine.
+    other = {**env["cpu"], "flags": [f for f in env["cpu"]["flags"] if f != "avx2"] + ["avx512f"]}
+    with pytest.raises(BadInputError, match="a run is of one machine"):
+        module.resumed(earlier, out.with_suffix(".json"), {**env, "cpu": other}, settings)
     clean["environment"]["git_revision"] = "abc1234-dirty"
     out.with_suffix(".json").write_text(json.dumps(clean))
     with pytest.raises(BadInputError, match="one clean commit"):
