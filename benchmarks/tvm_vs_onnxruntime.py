@@ -12,8 +12,8 @@ Every point is written as soon as it is measured (Markdown, JSON and the curves'
 what it measured; ``--resume`` goes on with the points the JSON lacks. A run is of one commit and one machine: resuming
 from another revision, on another CPU (name, SIMD flags, family and model numbers) or with other settings is refused (start again with another ``--out``, or without ``--resume``).
 ``--render`` measures no point: it writes the Markdown and the curves again from the JSON with this checkout's
-rendering. The fp32 peak behind ``% peak`` is measured at every start (run, sitting or rendering), and each thread
-count keeps its best figure: a measurement taken while the machine was busy reads low (render on an idle machine).
+rendering. The fp32 peak behind ``% peak`` is measured at every start (run, sitting, or rendering on the run's
+machine), and each thread count keeps its best figure: a measurement taken while the machine was busy reads low (render on an idle machine).
 The table ends with the issue's targets against the points measured so far: each ratio bound met (the whole
 interval at or below it), not ruled out (only its lower end) or missed.
 
@@ -428,7 +428,12 @@ def main() -> int:
     if earlier:
         best = earlier["environment"].get("peak_gflops_by_threads") or {}
         sittings = earlier["environment"].get("peak_sittings") or []
-    env.update(measured_peaks(threads, best, sittings))  # the roofline's compute roof at each thread count
+    from dlcbench.results.env import cpu_info
+
+    if env.get("cpu") == cpu_info():  # the roofline's compute roof at each thread count, of this run's machine only
+        env.update(measured_peaks(threads, best, sittings))
+    elif args.render:
+        _say(f"not measuring the peak: this is {_cpu_words(cpu_info())}, the run was on {_cpu_words(env.get('cpu', {}))}")
     if args.render:
         print(write_run(earlier["points"], args, env, float(earlier["seconds"]), earlier.get("argv") or [],
                         int(earlier["sessions"]), settings))

@@ -95,7 +95,17 @@ COMMITTED = ROOT / "benchmarks" / "results" / "tvm-15min" / "tvm_vs_onnxruntime.
 
 def test_render_rewrites_a_run_and_keeps_the_best_peak(tmp_path):
     """--render measures no point: it writes the table again from the JSON, with the peak merged by maximum."""
+    from dlcbench.results.env import cpu_info
+
     run = json.loads(COMMITTED.read_text())
+    elsewhere = tmp_path / "elsewhere.md"  # a run of another machine keeps its own peaks: this one's would not do
+    elsewhere.with_suffix(".json").write_text(json.dumps(run))
+    done = run_script(SCRIPT, "--out", str(elsewhere), "--render", timeout=300)
+    assert done.returncode == 0 and "not measuring the peak" in done.stderr, done.stderr[-3000:]
+    kept = json.loads(elsewhere.with_suffix(".json").read_text())["environment"]
+    assert kept["peak_gflops_by_threads"] == run["environment"]["peak_gflops_by_threads"]
+
+    run["environment"]["cpu"] = cpu_info()  # as if measured here
     run["environment"]["peak_gflops_by_threads"] = {"1": 1e6, "2": 1.0}  # one unbeatable, one beaten at once
     run["environment"].pop("peak_sittings", None)
     out = tmp_path / "run.md"
