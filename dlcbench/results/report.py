@@ -29,10 +29,13 @@ def _plt():
 
 
 def machine_name(environment: dict[str, Any]) -> str:
-    """A machine as the report names it: its host name, CPU model and first GPU."""
+    """A machine as the report names it: its host name, CPU model (with its family and model numbers where
+    recorded: VMs of two CPU generations can share a host and model name) and first GPU."""
     gpus = environment.get("gpus") or []
     gpu = f"; {gpus[0].get('name')}" if gpus and gpus[0].get("name") else ""
-    return f"{environment.get('hostname') or '?'} ({(environment.get('cpu') or {}).get('model') or '?'}{gpu})"
+    cpu = environment.get("cpu") or {}
+    numbers = f" {cpu['family']}/{cpu.get('model_number')}" if cpu.get("family") is not None else ""
+    return f"{environment.get('hostname') or '?'} ({cpu.get('model') or '?'}{numbers}{gpu})"
 
 
 def _label(row: dict[str, Any]) -> str:

@@ -95,3 +95,22 @@ def test_cpu_rows_from_two_machines_are_never_compared(tmp_path):
             assert (out / f"{plot}_m{number}.png").stat().st_size > 1000
             assert f"]({plot}_m{number}.png)" in text
     assert not (out / "latency.png").exists() and "each has its own plots" in text
+
+
+@pytest.mark.slow
+def test_two_cpu_generations_under_one_name_are_two_machines(tmp_path):
+    """Two VMs both called 'vm' with an 'AMD EPYC', one of them with AVX-512: told apart by family and model."""
+    rng = np.random.default_rng(2)
+    path = tmp_path / "r.sqlite"
+    with ResultsStore(path) as store:
+        store.ensure_experiment("e", {})
+        for family, scale in ((25, 1.0), (26, 0.5)):
+            env = store.add_environment({"hostname": "vm", "cpu": {"model": "AMD EPYC", "family": family,
+                                                                   "model_number": 1}, "cores": 2})
+            store.add_result("e", f"ort-{family}", _row("onnxruntime", rng.normal(1e-3 * scale, 1e-5, 500)), env)
+            store.add_result("e", f"tvm-{family}", _row("tvm", rng.normal(2e-3 * scale, 1e-5, 500)), env)
+    text = write_report(path, "e", tmp_path / "report").read_text()
+    table = text[text.index("## Speedups relative to onnxruntime"):text.index("## Plots")]
+    cells = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| mlp |")]
+    assert sorted(c[3] for c in cells) == ["vm (AMD EPYC 25/1)", "vm (AMD EPYC 26/1)"]
+    assert all(float(c[5].rstrip("x")) == pytest.approx(0.5, rel=0.03) for c in cells)  # never 0.25x or 1x
