@@ -90,7 +90,7 @@ def test_resume_without_results_is_one_line(tmp_path):
     assert_one_line_error(run, ExitCode.BAD_INPUT, "none.json")
 
 
-COMMITTED = ROOT / "benchmarks" / "results" / "tvm-15min" / "tvm_vs_onnxruntime.json"
+COMMITTED = ROOT / "benchmarks" / "results" / "tvm-15min-avx2" / "tvm_vs_onnxruntime.json"
 
 
 def test_render_rewrites_a_run_and_keeps_the_best_peak(tmp_path):
