@@ -70,20 +70,29 @@ def test_report_lists_every_speedup_with_its_interval_and_verdict(db, tmp_path):
     assert (tmp_path / "report" / "scaling.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
-def test_cpu_rows_from_two_machines_are_never_compared(tmp_path):
-    """As an experiment run on a Ray cluster stores them: each row with its node's environment record."""
-    rng = np.random.default_rng(1)
+def _two_machine_report(tmp_path, machines, tvm_over_ort: float, seed: int):
+    """A report of ORT and TVM rows from each ``(environment, scale)`` of ``machines``, as an experiment run on a Ray
+    cluster stores them: each row with its node's environment record. Returns the report's text, its speedup
+    table and that table's rows, split into cells."""
+    rng = np.random.default_rng(seed)
     path = tmp_path / "r.sqlite"
     with ResultsStore(path) as store:
         store.ensure_experiment("e", {})
-        for host, scale in (("node-a", 1.0), ("node-b", 2.0)):
-            env = store.add_environment({"hostname": host, "cpu": {"model": "test"}, "cores": 2})
-            store.add_result("e", f"ort-{host}", _row("onnxruntime", rng.normal(1e-3 * scale, 1e-5, 500)), env)
-            store.add_result("e", f"tvm-{host}", _row("tvm", rng.normal(0.5e-3 * scale, 1e-5, 500)), env)
+        for number, (environment, scale) in enumerate(machines):
+            env = store.add_environment(environment)
+            store.add_result("e", f"ort-{number}", _row("onnxruntime", rng.normal(1e-3 * scale, 1e-5, 500)), env)
+            store.add_result("e", f"tvm-{number}", _row("tvm", rng.normal(1e-3 * tvm_over_ort * scale, 1e-5, 500)),
+                             env)
     text = write_report(path, "e", tmp_path / "report").read_text()
     table = text[text.index("## Speedups relative to onnxruntime"):text.index("## Plots")]
-    cells = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| mlp |")]
+    return text, table, [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| mlp |")]
+
+
+@pytest.mark.slow
+def test_cpu_rows_from_two_machines_are_never_compared(tmp_path):
+    machines = [({"hostname": host, "cpu": {"model": "test"}, "cores": 2}, scale)
+                for host, scale in (("node-a", 1.0), ("node-b", 2.0))]
+    text, table, cells = _two_machine_report(tmp_path, machines, 0.5, seed=1)
     assert "| machine |" in table and len(cells) == 2  # one per machine: never node-a's tvm against node-b's ort
     assert sorted(c[3].split(" ")[0] for c in cells) == ["node-a", "node-b"]
     assert all(float(c[5].rstrip("x")) == pytest.approx(2.0, rel=0.03) for c in cells)  # not 1x or 4x: same machine
@@ -100,17 +109,8 @@ def test_cpu_rows_from_two_machines_are_never_compared(tmp_path):
 @pytest.mark.slow
 def test_two_cpu_generations_under_one_name_are_two_machines(tmp_path):
     """Two VMs both called 'vm' with an 'AMD EPYC', one of them with AVX-512: told apart by family and model."""
-    rng = np.random.default_rng(2)
-    path = tmp_path / "r.sqlite"
-    with ResultsStore(path) as store:
-        store.ensure_experiment("e", {})
-        for family, scale in ((25, 1.0), (26, 0.5)):
-            env = store.add_environment({"hostname": "vm", "cpu": {"model": "AMD EPYC", "family": family,
-                                                                   "model_number": 1}, "cores": 2})
-            store.add_result("e", f"ort-{family}", _row("onnxruntime", rng.normal(1e-3 * scale, 1e-5, 500)), env)
-            store.add_result("e", f"tvm-{family}", _row("tvm", rng.normal(2e-3 * scale, 1e-5, 500)), env)
-    text = write_report(path, "e", tmp_path / "report").read_text()
-    table = text[text.index("## Speedups relative to onnxruntime"):text.index("## Plots")]
-    cells = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| mlp |")]
+    machines = [({"hostname": "vm", "cpu": {"model": "AMD EPYC", "family": family, "model_number": 1}, "cores": 2},
+                 scale) for family, scale in ((25, 1.0), (26, 0.5))]
+    _, _, cells = _two_machine_report(tmp_path, machines, 2.0, seed=2)
     assert sorted(c[3] for c in cells) == ["vm (AMD EPYC 25/1)", "vm (AMD EPYC 26/1)"]
     assert all(float(c[5].rstrip("x")) == pytest.approx(0.5, rel=0.03) for c in cells)  # never 0.25x or 1x
