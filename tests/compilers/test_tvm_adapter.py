@@ -71,39 +71,3 @@ def test_fast_math_option_is_validated():
     with pytest.raises(BadInputError, match="fast_math must be true or false"):
         TvmOptions(fast_math="yes")
 
-
-_TWO_SESSIONS = """
-import sys
-from dlcbench.compilers.registry import get_adapter
-from dlcbench.errors import DlcbenchError
-import tvm
-adapter = get_adapter("tvm")
-for artifact in sys.argv[1:]:
-    try:
-        with adapter.load(artifact):
-            print("loaded", tvm.get_global_func("runtime.NumThreads")())
-    except DlcbenchError as err:
-        print("refused", err)
-"""
-
-
-def test_a_session_never_runs_on_fewer_threads_than_its_manifest(tiny_export, tmp_path):
-    """TVM sizes a thread's pool once: after a one-thread session, a two-thread one in the same process would
-    silently run on one thread. It is refused in one line; in a fresh process it gets both threads."""
-    import subprocess
-    import sys
-
-    export = tiny_export("mlp", batch=1)
-    adapter = get_adapter("tvm")
-    one, two = tmp_path / "t1", tmp_path / "t2"
-    adapter.compile(export, TvmOptions(threads=1), one)
-    adapter.compile(export, TvmOptions(threads=2), two)
-    both = subprocess.run([sys.executable, "-c", _TWO_SESSIONS, str(one), str(two)], capture_output=True, text=True,
-                          timeout=300)
-    assert both.returncode == 0, both.stderr[-2000:]
-    first, second = both.stdout.strip().splitlines()
-    assert first == "loaded 1"
-    assert second.startswith("refused TVM's thread pool in this process started with 1 thread(s) and cannot grow to 2")
-    fresh = subprocess.run([sys.executable, "-c", _TWO_SESSIONS, str(two), str(one)], capture_output=True, text=True,
-                           timeout=300)
-    assert fresh.stdout.split() == ["loaded", "2", "loaded", "1"]  # a pool started at two serves one as well

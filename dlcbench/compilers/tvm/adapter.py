@@ -493,14 +493,6 @@ class TvmAdapter(Adapter):
             config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
             if config is not None:
                 config(0, threads)  # 0 = big cores, as many as asked
-            pool = tvm.get_global_func("runtime.NumThreads", allow_missing=True)
-            if manifest.target == "cpu" and pool is not None and pool() < threads:
-                # TVM sizes a thread's pool once (TVM_NUM_THREADS when it starts) and never grows it: running
-                # on would time this session on fewer threads than its manifest says.
-                raise BackendRuntimeError(
-                    f"TVM's thread pool in this process started with {pool()} thread(s) and cannot grow to "
-                    f"{threads}: load a {threads}-thread tvm session in a new process (each dlcbench job runs in "
-                    "its own)")
             device = tvm.cuda(0) if manifest.target == "cuda" else tvm.cpu(0)
             if manifest.target == "cuda" and not device.exist:
                 raise BackendUnavailableError("no CUDA GPU on this machine to run a tvm cuda artifact")
