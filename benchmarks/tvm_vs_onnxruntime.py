@@ -9,11 +9,13 @@ with its 95 % bootstrap interval, the ratio TVM / ORT with its interval and verd
 inherited records, and the round-to-round spread; then where the tuned TVM time goes.
 
 Every point is written as soon as it is measured (Markdown, JSON and the curves' PNG), so a stopped run keeps
-what it measured; ``--resume`` goes on with the points the JSON lacks. A run is of one commit and one machine: resuming
-from another revision, on another CPU (name, SIMD flags, family and model numbers) or with other settings is refused (start again with another ``--out``, or without ``--resume``).
+what it measured; ``--resume`` goes on with the points the JSON lacks. A run is of one commit and one machine:
+resuming from another revision, on another CPU (name, SIMD flags, family and model numbers) or with other settings
+is refused (start again with another ``--out``, or without ``--resume``).
 ``--render`` measures no point: it writes the Markdown and the curves again from the JSON with this checkout's
 rendering. The fp32 peak behind ``% peak`` is measured at every start (run, sitting, or rendering on the run's
-machine), and each thread count keeps its best figure: a measurement taken while the machine was busy reads low (render on an idle machine).
+machine), and each thread count keeps its best figure: a measurement taken while the machine was busy reads low
+(render on an idle machine).
 The table ends with the issue's targets against the points measured so far: each ratio bound met (the whole
 interval at or below it), not ruled out (only its lower end) or missed.
 
@@ -439,7 +441,6 @@ def main() -> int:
                         int(earlier["sessions"]), settings))
         return 0
     argv = [a for a in sys.argv[1:] if a != "--resume"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     points = [p for p in points if not p.get("errors")]  # a failed point is measured again
     done = {(p["model"], p["threads"], p["batch"]) for p in points}
     text = render(points, args, env, earlier_seconds, argv, sessions)

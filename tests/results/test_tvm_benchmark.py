@@ -62,15 +62,16 @@ def test_one_point_then_resume_refusals(tmp_path):
     clean = json.loads(out.with_suffix(".json").read_text())
     clean["environment"]["git_revision"] = "abc1234"
     out.with_suffix(".json").write_text(json.dumps(clean))
-    points, seconds, sittings = module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), env, settings)
+    run_file = out.with_suffix(".json")
+    points, seconds, sittings = module.resumed(module.load_run(run_file), run_file, env, settings)
     assert points == [point] and seconds > 0 and sittings == 2
     with pytest.raises(BadInputError, match="revision abc1234, this checkout is def5678"):
-        module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), {**env, "git_revision": "def5678"}, settings)
+        module.resumed(module.load_run(run_file), run_file, {**env, "git_revision": "def5678"}, settings)
     with pytest.raises(BadInputError, match="other settings \\(tune_minutes\\)"):
-        module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), env, {**settings, "tune_minutes": 15.0})
+        module.resumed(module.load_run(run_file), run_file, env, {**settings, "tune_minutes": 15.0})
     upgraded = {**env, "packages": {**env["packages"], "apache-tvm": "0.99"}}
     with pytest.raises(BadInputError, match="another apache-tvm"):
-        module.resumed(module.load_run(out.with_suffix(".json")), out.with_suffix(".json"), upgraded, settings)
+        module.resumed(module.load_run(run_file), run_file, upgraded, settings)
     earlier = module.load_run(out.with_suffix(".json"))
     with pytest.raises(BadInputError, match="measured on"):
         module.resumed(earlier, out.with_suffix(".json"), {**env, "cpu": {"model": "another CPU"}}, settings)
