@@ -71,3 +71,68 @@ def test_fast_math_option_is_validated():
     with pytest.raises(BadInputError, match="fast_math must be true or false"):
         TvmOptions(fast_math="yes")
 
+
+
+def _clip_model(opset: int, bounds):
+    """Conv -> Clip -> Conv -> Clip as ONNX: Clip's bounds as attributes before opset 11, else as initializers
+    of the given shapes (``None``: the bound is left out)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(size=(4, 4, 3, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1])]
+    lo, hi = bounds
+    for i, src in enumerate(["c1", "c2"]):
+        if opset < 11:
+            nodes.append(helper.make_node("Clip", [src], [f"r{i}"], min=float(lo), max=float(hi)))
+        else:
+            names = []
+            for name, value in ((f"lo{i}", lo), (f"hi{i}", hi)):
+                if value is None:
+                    names.append("")
+                    continue
+                inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+                names.append(name)
+            nodes.append(helper.make_node("Clip", [src, *names], [f"r{i}"]))
+        if i == 0:
+            nodes.append(helper.make_node("Conv", ["r0", "w2"], ["c2"], pads=[1, 1, 1, 1]))
+    graph = helper.make_graph(nodes, "clip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("r1", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model, rng.normal(scale=4, size=(1, 3, 8, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("opset, bounds", [
+    (6, (0.0, 6.0)),                # attributes
+    (17, (0.0, 6.0)),               # scalar initializers (tf2onnx's ReLU6)
+    (13, ([-1.0], [2.0])),          # one-element bounds, as some exporters write them
+    (17, (float("nan"), 3.0)),      # a NaN bound is no bound
+    (17, (None, 1.5)),              # only a maximum
+])
+@pytest.mark.parametrize("separate_params", [True, False])
+def test_clip_imports_as_relax_ops_layout_conversion_sees_through_and_matches_onnxruntime(opset, bounds,
+                                                                                            separate_params):
+    """TVM imports Clip as opaque call_tir; dlcbench's converter emits relax maximum/minimum, which have a layout
+    rule, so a channels-last conversion adds no transposes around a ReLU6 (it added two per Clip)."""
+    import numpy as np
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    from dlcbench.compilers.tvm.tuning import convert_conv_layout, prepare_module
+
+    model, x = _clip_model(opset, bounds)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    mod, params = import_onnx(model, {"x": [1, 3, 8, 8]}, separate_params)
+    assert "call_tir" not in mod.script()
+    mod, params, layout = convert_conv_layout(mod, params)
+    assert layout == "NHWC"
+    # The input's and the output's transposes only (weights were transposed at compile time, or are constants).
+    assert mod.script().count("R.permute_dims(") <= 2 + (0 if separate_params else 2)
+    target = tvm.target.Target(cpu_target(1))
+    vm = relax.VirtualMachine(tvm.compile(prepare_module(mod, target), target=target), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(p) for p in params]).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

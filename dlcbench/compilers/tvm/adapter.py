@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -145,6 +146,72 @@ def unsupported_ops(onnx_model) -> list[str]:
 SMALL_PARAM_ELEMENTS = 16
 
 
+def _relax_op_clip(frontend):
+    """TVM's ONNX ``Clip`` converter, emitting ``relax.op.maximum``/``minimum`` instead of opaque ``call_tir``.
+
+    TVM imports ``Clip`` as ``emit_te(topi.maximum/minimum)``: PrimFuncs that ``ConvertLayout`` cannot see
+    through, so each ReLU6 of a channels-last convnet is wrapped in two activation transposes. The Relax
+    ops lower to the same ``topi`` computations and have a layout rule when the bound is a scalar; bounds of
+    one element become rank 0 (ONNX requires scalars; a ``[1]`` bound would also broadcast a scalar input).
+    NaN bounds stay unbounded, as in TVM's converter.
+    """
+    import numpy
+    from tvm import relax
+
+    def scalar(bb, bound, for_min: bool):
+        bound = frontend.Clip._sanitize_nan_clip_bound(bb, bound, for_min=for_min)
+        shape = getattr(bound.ty, "shape", None)
+        if shape is not None and len(shape) > 0 and all(isinstance(d, int) or hasattr(d, "value") for d in shape) \
+                and int(numpy.prod([int(d) for d in shape])) == 1:
+            bound = bb.normalize(relax.op.reshape(bound, ()))
+        return bound
+
+    class Clip(frontend.Clip):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            dtype = inputs[0].ty.dtype
+            result = bb.normalize(relax.op.maximum(inputs[0], relax.const(float(attr.get("min", -numpy.inf)), dtype)))
+            return bb.normalize(relax.op.minimum(result, relax.const(float(attr.get("max", numpy.inf)), dtype)))
+
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            result = inputs[0]
+            if inputs[1] is not None:
+                result = bb.normalize(relax.op.maximum(result, scalar(bb, inputs[1], for_min=True)))
+            if inputs[2] is not None:
+                result = bb.normalize(relax.op.minimum(result, scalar(bb, inputs[2], for_min=False)))
+            return result
+
+    return Clip
+
+
+@contextmanager
+def _clip_as_relax_ops():
+    """Within the block, TVM's ONNX importer converts ``Clip`` with :func:`_relax_op_clip`.
+
+    The importer looks its converters up through the module function ``_get_convert_map`` at every node; a
+    TVM without it (or without ``Clip._sanitize_nan_clip_bound``) keeps its own converter.
+    """
+    from tvm.relax.frontend.onnx import onnx_frontend as frontend
+
+    original = getattr(frontend, "_get_convert_map", None)
+    if original is None or not hasattr(getattr(frontend, "Clip", None), "_sanitize_nan_clip_bound"):
+        yield
+        return
+    clip = _relax_op_clip(frontend)
+
+    def convert_map():
+        table = original()
+        table["Clip"] = clip
+        return table
+
+    frontend._get_convert_map = convert_map
+    try:
+        yield
+    finally:
+        frontend._get_convert_map = original
+
+
 def import_onnx(onnx_model, input_shapes: dict[str, list[int]], separate_params: bool):
     """Imports an ONNX model into Relax; returns ``(IRModule, list of numpy params)``."""
     import tvm
@@ -155,7 +222,8 @@ def import_onnx(onnx_model, input_shapes: dict[str, list[int]], separate_params:
     if missing:
         raise UnsupportedOpError("tvm", missing, "no Relax ONNX converter")
     try:
-        mod = from_onnx(onnx_model, shape_dict=input_shapes, keep_params_in_input=separate_params)
+        with _clip_as_relax_ops():
+            mod = from_onnx(onnx_model, shape_dict=input_shapes, keep_params_in_input=separate_params)
     except Exception as err:
         raise CompileError(f"TVM's ONNX importer failed: {one_line(err, 300)}") from None
     params: list[np.ndarray] = []
