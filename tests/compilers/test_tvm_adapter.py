@@ -136,3 +136,50 @@ def test_clip_imports_as_relax_ops_layout_conversion_sees_through_and_matches_on
     vm = relax.VirtualMachine(tvm.compile(prepare_module(mod, target), target=target), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(p) for p in params]).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sessions_run_on_their_threads_in_any_order_and_a_pool_too_small_is_refused(tiny_export, tmp_path,
+                                                                                     monkeypatch):
+    """TVM sizes an OS thread's pool once: a 2-thread session loaded after a 1-thread one used to run on one
+    thread, and be recorded as two. Each case runs on a new OS thread (a new pool), one after the other."""
+    import os
+    import threading
+
+    import tvm
+
+    from dlcbench.errors import BackendRuntimeError
+
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")  # put back for the rest of the session afterwards
+    export = tiny_export("mlp", batch=1, fold=True)
+    adapter = get_adapter("tvm")
+    for n in (1, 2):
+        adapter.compile(export, TvmOptions(threads=n), tmp_path / f"t{n}")
+    num_threads = tvm.get_global_func("runtime.NumThreads")
+    seen: dict[str, object] = {}
+
+    def in_order(*order):
+        running = []
+        for n in order:
+            with adapter.load(tmp_path / f"t{n}") as session:
+                session.run(export.inputs())
+                running.append(int(num_threads()))
+        seen[order] = running
+
+    def pool_made_elsewhere():
+        saved = os.environ.get("TVM_NUM_THREADS")
+        os.environ["TVM_NUM_THREADS"] = "1"
+        num_threads()  # another library's first use of TVM on this thread: a 1-worker pool
+        if saved is not None:
+            os.environ["TVM_NUM_THREADS"] = saved
+        try:
+            adapter.load(tmp_path / "t2")
+        except BackendRuntimeError as err:
+            seen["elsewhere"] = str(err)
+
+    for target, args in ((in_order, (1, 2, 1)), (in_order, (2, 1, 2)), (pool_made_elsewhere, ())):
+        thread = threading.Thread(target=target, args=args)
+        thread.start()
+        thread.join()
+    assert seen[(1, 2, 1)] == [1, 2, 1] and seen[(2, 1, 2)] == [2, 1, 2]
+    assert "can run 1 of the 2 threads asked" in seen["elsewhere"]
+    assert os.environ["TVM_NUM_THREADS"] in {"1", "2"}  # what the last load asked, for processes started later

@@ -4,6 +4,7 @@ them, compile --rpc-tracker checks and times a model on one; nothing listens bey
 from __future__ import annotations
 
 import json
+import os
 import socket
 import uuid
 from contextlib import closing
@@ -57,7 +58,9 @@ def test_start_registers_two_servers_all_on_loopback(farm):
 
 def test_tuning_measures_on_the_servers_and_lands_records(farm, tmp_path):
     db = tmp_path / "db"
-    proc = run_script("scripts/tune.py", "--model", "mlp", "--preset", "tiny", "--trials", "16", "--threads", "1",
+    # Two threads: each candidate sets the server's pool to the target's threads (the server's default is half
+    # its hardware threads); the checked run after tuning refuses a pool that cannot run them.
+    proc = run_script("scripts/tune.py", "--model", "mlp", "--preset", "tiny", "--trials", "16", "--threads", "2",
                       "--rpc-tracker", farm["tracker"], "--rpc-key", farm["key"], "--tuning-db", str(db),
                       "--out", str(tmp_path / "tuned"), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -87,6 +90,11 @@ def test_rpc_mistakes_are_one_line(farm, tmp_path):
     proc = run_script("scripts/compile.py", "--backend", "tvm", "--model", "mlp", "--preset", "tiny",
                       "--rpc-tracker", farm["tracker"], "--out", str(tmp_path / "c"))
     assert_one_line_error(proc, 2, "--rpc-tracker HOST:PORT and --rpc-key KEY go together")
+    too_many = (os.cpu_count() or 1) + 1  # dlcbench's servers size their pool to every core
+    proc = run_script("scripts/compile.py", "--backend", "tvm", "--model", "mlp", "--preset", "tiny", "--threads",
+                      str(too_many), "--rpc-tracker", farm["tracker"], "--rpc-key", farm["key"],
+                      "--out", str(tmp_path / "d"))
+    assert_one_line_error(proc, 4, f"the RPC server's TVM pool can run {too_many - 1} of the {too_many} threads asked")
     proc = run_script("scripts/rpc.py", "start", "--servers", "1", "--key", "other", "--port", str(farm["port"]))
     assert_one_line_error(proc, 2, "already answers")
     proc = run_script("scripts/rpc.py", "stop", "--port", str(free_port()))

@@ -161,3 +161,39 @@ def test_tuned_convolutions_run_channels_last_and_pass_the_check(tmp_path, model
                       timeout=1200)
     assert nchw.returncode == 0, nchw.stderr[-3000:]
     assert "conv_layout" not in json.loads((tmp_path / "b" / "manifest.json").read_text())["extra"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [2, 1])
+def test_candidates_are_timed_on_the_targets_threads(tiny_export, tmp_path, monkeypatch, threads):
+    """MetaSchedule's measuring workers size their TVM pool from TVM_NUM_THREADS when they start; unset, x86
+    gives them half the hardware threads, so a 2-thread target on 2 vCPUs was tuned on one thread. Every
+    worker process alive while tuning is read from /proc (what it was started with); the variable is put back."""
+    import os
+
+    import onnx
+    import psutil
+    import tvm
+
+    from dlcbench.compilers.tvm.adapter import import_onnx
+    from dlcbench.compilers.tvm.tuning import prepare_module, tune_module
+
+    monkeypatch.setenv("TVM_NUM_THREADS", "7")  # what the caller had: put back afterwards
+    export = tiny_export("mlp", batch=1, fold=True)
+    mod, _ = import_onnx(onnx.load(str(export.onnx_path)), {k: list(v.shape) for k, v in export.inputs().items()}, True)
+    target_dict = cpu_target(threads)
+    seen: list[str | None] = []
+
+    def progress(_line: str) -> None:
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if "popen_worker" in " ".join(child.cmdline()):
+                    seen.append(child.environ().get("TVM_NUM_THREADS"))
+            except psutil.Error:
+                pass
+
+    config = TuningConfig(trials=16, db=tmp_path / "db", strategy="replay-trace", cost_model="random")
+    _, report = tune_module(prepare_module(mod, tvm.target.Target(target_dict)), target_dict, config, progress=progress)
+    assert report.new_trials >= 16
+    assert seen and set(seen) == {str(threads)}, seen
+    assert os.environ["TVM_NUM_THREADS"] == "7"

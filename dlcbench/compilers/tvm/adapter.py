@@ -161,8 +161,8 @@ def _relax_op_clip(frontend):
     def scalar(bb, bound, for_min: bool):
         bound = frontend.Clip._sanitize_nan_clip_bound(bb, bound, for_min=for_min)
         shape = getattr(bound.ty, "shape", None)
-        if shape is not None and len(shape) > 0 and all(isinstance(d, int) or hasattr(d, "value") for d in shape) \
-                and int(numpy.prod([int(d) for d in shape])) == 1:
+        if isinstance(shape, relax.ShapeExpr) and len(shape) > 0 \
+                and all(hasattr(d, "value") for d in shape.values) and int(numpy.prod([int(d) for d in shape.values])) == 1:
             bound = bb.normalize(relax.op.reshape(bound, ()))
         return bound
 
@@ -247,6 +247,38 @@ def _to_numpy(value) -> np.ndarray:
     if hasattr(value, "numpy"):
         return value.numpy()
     return np.asarray([int(v) for v in value], dtype=np.int64)
+
+
+def size_thread_pool(threads: int) -> None:
+    """Makes TVM's CPU thread pool of the calling thread run ``threads`` workers, or says why it cannot.
+
+    TVM keeps one pool per OS thread, created at its first use with ``TVM_NUM_THREADS`` workers and never
+    grown: ``runtime.config_threadpool`` only chooses how many of them run. A pool is therefore created with
+    room for every core (or ``threads``, if more), then set to ``threads`` with TVM's default placement (the
+    calling thread bound to the first ``threads`` cores, as a pool created at that size binds it).
+    ``TVM_NUM_THREADS`` is left at ``threads``: TVM reads it at every parallel launch, and runs a kernel
+    serially when it is 1, so sessions of different thread counts in one process are used one after another.
+    A pool created smaller elsewhere (by code that set ``TVM_NUM_THREADS`` itself) raises
+    :class:`BackendRuntimeError` rather than run, and be recorded, on fewer threads than asked.
+    """
+    import tvm
+
+    num_threads = tvm.get_global_func("runtime.NumThreads", allow_missing=True)
+    config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+    os.environ["TVM_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1))
+    try:
+        if num_threads is not None:
+            num_threads()  # creates this thread's pool if it has none yet
+    finally:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+    if config is None or num_threads is None:
+        return
+    config(1, threads)  # 1: TVM's "big cores" placement (x86: the first ``threads`` cores), ``threads`` workers
+    running = int(num_threads())
+    if running != threads:
+        raise BackendRuntimeError(
+            f"tvm: this thread's TVM pool can run {running} of the {threads} threads asked (TVM sizes a thread's "
+            f"pool once, at its first use); load the session in a new process or thread")
 
 
 def _has_function(vm, name: str) -> bool:
@@ -556,11 +588,8 @@ class TvmAdapter(Adapter):
         threads = manifest.threads
         if (manifest.extra or {}).get("rpc"):
             return self._load_remote(artifact_dir, manifest)
-        os.environ["TVM_NUM_THREADS"] = str(threads)
         try:
-            config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
-            if config is not None:
-                config(0, threads)  # 0 = big cores, as many as asked
+            size_thread_pool(threads)
             device = tvm.cuda(0) if manifest.target == "cuda" else tvm.cpu(0)
             if manifest.target == "cuda" and not device.exist:
                 raise BackendUnavailableError("no CUDA GPU on this machine to run a tvm cuda artifact")
@@ -584,7 +613,12 @@ class TvmAdapter(Adapter):
         tracker = parse_tracker(rpc["tracker"], rpc["key"])
         remote = request_session(tracker)
         try:
-            remote.get_function("runtime.config_threadpool")(0, manifest.threads)
+            remote.get_function("runtime.config_threadpool")(1, manifest.threads)
+            running = int(remote.get_function("runtime.NumThreads")())
+            if running != manifest.threads:
+                raise BackendRuntimeError(
+                    f"tvm: the RPC server's TVM pool can run {running} of the {manifest.threads} threads asked; "
+                    f"start the server with TVM_NUM_THREADS set to its cores")
             library = artifact_dir / manifest.files["library"]
             remote.upload(str(library))
             lib = remote.load_module(library.name)

@@ -4,7 +4,8 @@
 ``tvm.exec.rpc_server``), each in its own process group, in the background, and returns once every server is
 registered; it writes what it started to a state file (``$DLCBENCH_CACHE/rpc/PORT.json``), so that
 :func:`stop_farm` ends exactly those processes and nothing it did not start. Servers on other machines join a
-tracker the same way (``python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY``; docs/scaling.md).
+tracker the same way (``TVM_NUM_THREADS=$(nproc) python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY``;
+docs/scaling.md).
 
 The tracker needs ``tornado`` (``pip install -e '.[cluster]'``); TVM's wheel does not pull it in. Both TVM
 commands default to 0.0.0.0: dlcbench always passes the host it is given (default 127.0.0.1).
@@ -121,10 +122,14 @@ def _free_port(host: str) -> int:
 
 def _spawn(argv: list[str], log: Path) -> dict[str, Any]:
     """Starts ``python ARGV`` in its own session (its pid is its process group), detached from us; returns its
-    pid and start time (what tells it from a later process given the same pid)."""
+    pid and start time (what tells it from a later process given the same pid).
+
+    ``TVM_NUM_THREADS`` is every core: a server's TVM pool is sized once, when it starts, and each session then
+    chooses its threads within it (``runtime.config_threadpool``)."""
+    env = {**os.environ, **worker_env(), "TVM_NUM_THREADS": str(os.cpu_count() or 1)}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, **worker_env()})
+                                start_new_session=True, env=env)
     return {"pgid": proc.pid, "started": process_start(proc.pid)}
 
 

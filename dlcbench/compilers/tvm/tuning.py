@@ -17,9 +17,11 @@ budget, so a second compile with the same budget runs no new trial.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -433,7 +435,20 @@ def make_builder(workers: int, timeout_s: float, build: Callable | None = None):
     return PooledBuilder()
 
 
-def _make_runner(config: TuningConfig):
+def _evaluate_on_threads(threads: int, session, rt_mod, device, evaluator_config, repeated_args) -> list[float]:
+    """MetaSchedule's RPC evaluator, with the server's pool set to the target's threads first (its default is
+    the server's half of its hardware threads); a pool that cannot run them fails the candidate, saying why."""
+    from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
+
+    session.get_function("runtime.config_threadpool")(1, threads)
+    running = int(session.get_function("runtime.NumThreads")())
+    if running != threads:
+        raise RuntimeError(f"the RPC server's TVM pool can run {running} of the {threads} threads asked; start "
+                           f"the server with TVM_NUM_THREADS set to its cores")
+    return run_evaluator_common(rt_mod, device, evaluator_config, repeated_args)
+
+
+def _make_runner(config: TuningConfig, threads: int = 1):
     """Where candidates are measured: this machine (``LocalRunner``), or every server of an RPC key at once."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -449,8 +464,13 @@ def _make_runner(config: TuningConfig):
                                       f"{tracker.host}:{tracker.port}")
     rpc_config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port, tracker_key=tracker.key,
                                      session_priority=1, session_timeout_sec=int(config.builder_timeout_s))
-    # RPCRunner's default is one worker whatever the farm: one per registered server measures them all at once.
-    return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=evaluator, max_workers=registered)
+    # RPCRunner's default is one worker whatever the farm: one per registered server measures them all at once,
+    # but servers on this machine share its cores: as many at once as fit, each on the target's threads.
+    workers = registered
+    if tracker.host in ("127.0.0.1", "localhost", "::1"):
+        workers = max(1, min(registered, (os.cpu_count() or 1) // max(1, threads)))
+    return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=evaluator, max_workers=workers,
+                               f_run_evaluator=functools.partial(_evaluate_on_threads, threads))
 
 
 class _Tuner:
@@ -617,9 +637,18 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
         todo = sorted((i for i, t in enumerate(tasks) if not t.mod.attrs.get("tirx.is_scheduled", False)),
                       key=lambda i: -plans[i].flops)
         cores = os.cpu_count() or 1
-        builder = make_builder(workers=cores, timeout_s=config.builder_timeout_s)
-        runner = _make_runner(config)
-        work = Path(tempfile.mkdtemp(prefix="dlcbench-tune-"))
+        threads = int(target_dict.get("num-cores") or 1)
+        restore_threads = _run_candidates_on(threads)
+        builder = work = None
+        try:
+            builder = make_builder(workers=cores, timeout_s=config.builder_timeout_s)
+            runner = _make_runner(config, threads)
+            work = Path(tempfile.mkdtemp(prefix="dlcbench-tune-"))
+        except BaseException:
+            if builder is not None:
+                builder.shutdown()
+            restore_threads()
+            raise
         last_line = [0.0]
 
         def on_batch(_task: int, _latencies: list[float]) -> None:
@@ -682,6 +711,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
                     todo = [i for i in todo if i != bad]
         finally:
             builder.shutdown()
+            restore_threads()
             shutil.rmtree(work, ignore_errors=True)
         done = sum(p.new_trials for p in plans)
     for plan, task in zip(plans, tasks):
@@ -709,6 +739,26 @@ STAGE_SCOPES = {
     "build": ("SendToBuilder",),
     "measure": ("SendToRunner", "JoinRunnerFutures"),
 }
+
+
+def _run_candidates_on(threads: int) -> Callable[[], None]:
+    """Sets ``TVM_NUM_THREADS`` to the target's ``num-cores`` for the measuring workers started from now on;
+    returns what puts the variable back.
+
+    MetaSchedule's ``LocalRunner`` times candidates in worker processes whose TVM pool is sized by that variable
+    when they start; unset, it is half the hardware threads on x86, so a 2-thread target on a 2-vCPU machine
+    had its candidates timed on one thread and was tuned for one.
+    """
+    saved = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = str(max(1, threads))
+
+    def restore() -> None:
+        if saved is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = saved
+
+    return restore
 
 
 def _add_stage_seconds(totals: dict[str, float], profiler, wall_s: float) -> None:
