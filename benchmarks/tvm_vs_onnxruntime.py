@@ -5,15 +5,16 @@ For each zoo model x thread count x batch (a *point*), TVM is tuned for that poi
 (so no model inherits another's records), then ONNX Runtime and the tuned TVM artifact are timed in the
 ``resident`` region (ONNX Runtime through I/O binding, TVM on device buffers) in K alternating rounds, each backend
 in its own worker kept alive (:func:`dlcbench.orchestrate.launcher.run_interleaved`). The table gives each median
-with its 95 % bootstrap interval, the ratio TVM / ORT with its interval and verdict, the tuning seconds, trials and
-inherited records, and the round-to-round spread; then where the tuned TVM time goes.
+with its 95 % bootstrap interval, the ratio TVM / ORT with its interval over the rounds' paired ratios
+(:func:`point_ratio`) and verdict, the tuning seconds, trials and inherited records, and the round-to-round
+spread; then where the tuned TVM time goes.
 
 Every point is written as soon as it is measured (Markdown, JSON and the curves' PNG), so a stopped run keeps
 what it measured; ``--resume`` goes on with the points the JSON lacks. A run is of one commit and one machine:
 resuming from another revision, on another CPU (name, SIMD flags, family and model numbers) or with other settings
 is refused (start again with another ``--out``, or without ``--resume``).
 ``--render`` measures no point: it writes the Markdown and the curves again from the JSON with this checkout's
-rendering. The fp32 peak behind ``% peak`` is measured at every start (run, sitting, or rendering on the run's
+rendering and statistics (the ratio's interval is recomputed from the stored round medians). The fp32 peak behind ``% peak`` is measured at every start (run, sitting, or rendering on the run's
 machine), and each thread count keeps its best figure: a measurement taken while the machine was busy reads low
 (render on an idle machine).
 The table ends with the issue's targets against the points measured so far: each ratio bound met (the whole
@@ -39,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from dlcbench.errors import run_cli
+from dlcbench.errors import BadInputError, run_cli
 
 BACKENDS = ("onnxruntime", "tvm")
 
@@ -93,10 +94,9 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
                                "tasks": sorted(tasks, key=lambda t: -t.get("new_trials", 0)),
                                "curve": tuning.get("curve"), "stage_seconds": tuning.get("stage_seconds")}
     if len(samples) == 2:
-        # compare_medians gives ORT / TVM (>1: TVM faster); the table shows TVM / ORT, so its inverse.
-        speed = compare_medians(samples["onnxruntime"], samples["tvm"])
-        lo, hi = speed["ci"]
-        point["ratio"] = {"tvm_over_ort": 1 / speed["speedup"], "ci": [1 / hi, 1 / lo], "verdict": speed["verdict"]}
+        pooled = compare_medians(samples["onnxruntime"], samples["tvm"])
+        point["ratio"] = {"pooled_ci": [1 / pooled["ci"][1], 1 / pooled["ci"][0]]}
+        point["ratio"] = point_ratio(point)
         point["parity"] = time_to_parity(point)
         try:
             profile = profile_tuned(jobs[1])
@@ -104,6 +104,34 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
         except Exception as err:  # the profile is a diagnostic: its failure does not lose the point
             point["profile_error"] = str(err)[:200]
     return point
+
+
+def point_ratio(point: dict) -> dict:
+    """TVM / ORT latency with its 95 % interval and verdict, from the point's pooled medians and round medians.
+
+    The interval is :func:`dlcbench.measure.timing.compare_rounds`' (Student's t over the rounds' paired ratios,
+    widened to the pooled runs' bootstrap interval, ``ratio.pooled_ci``, if that is wider). A point measured before
+    the ratio kept ``pooled_ci`` has its bootstrap interval in ``ratio.ci``, so ``--render`` rescores old runs the
+    same way.
+    """
+    from dlcbench.measure.timing import compare_rounds
+
+    earlier = point.get("ratio") or {}
+    pooled_ci = earlier.get("pooled_ci") or earlier.get("ci")
+    ort, tvm = point["onnxruntime"], point["tvm"]
+    # compare_rounds gives ORT / TVM (>1: TVM faster); the table shows TVM / ORT, so its inverse.
+    pooled = {"speedup": ort["median_ms"] / tvm["median_ms"], "ci": [1 / pooled_ci[1], 1 / pooled_ci[0]]}
+    rounds = (ort.get("round_medians_ms") or [], tvm.get("round_medians_ms") or [])
+    if len(rounds[0]) >= 2 and len(rounds[0]) == len(rounds[1]):
+        speed = compare_rounds(*rounds, pooled=pooled)
+    else:  # a single round: only the pooled runs' interval
+        lo, hi = pooled["ci"]
+        speed = {**pooled, "verdict": "faster" if lo > 1 else "slower" if hi < 1 else "no significant difference",
+                 "method": "pooled runs"}
+    lo, hi = speed["ci"]
+    return {"tvm_over_ort": 1 / speed["speedup"], "ci": [1 / hi, 1 / lo], "verdict": speed["verdict"],
+            "method": speed["method"], "pooled_ci": list(pooled_ci),
+            "round_ratios": [t / o for o, t in zip(*rounds)] if rounds[0] else None}
 
 
 def scaled_curve(point: dict) -> list[tuple[float, float]]:
@@ -330,9 +358,13 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         "from its own fresh database: no point inherits records (the `inherited` column counts them).",
         f"- **Timing**: {args.rounds} interleaved rounds per point (ORT, TVM; then TVM, ORT; ...), each backend in its "
         f"own worker kept alive; at least {args.min_seconds:g} s of timed runs per backend in all, more until the "
-        "median's 95 % interval is within +-1 % (capped). Medians in ms with their 95 % bootstrap interval.",
-        "- **Ratio** = TVM / ORT latency (<1: TVM faster), with its 95 % bootstrap interval; the verdict is read from "
-        "the interval. `round spread` is (max - min round median) / median, ORT/TVM, in percent.",
+        "median's 95 % interval is within +-1 % (capped). Medians in ms with their 95 % bootstrap interval (of the "
+        "pooled runs: it leaves out the drift between rounds).",
+        "- **Ratio** = TVM / ORT latency (<1: TVM faster), with its 95 % interval over the rounds: each round gives one "
+        "paired ratio (the two backends timed back to back, so a drift of the machine's speed cancels), and the "
+        "interval is Student's t over the rounds' log ratios, widened to the pooled runs' bootstrap interval if that "
+        "is wider. The verdict is read from the interval. `round spread` is (max - min round median) / median, "
+        "ORT/TVM, in percent.",
         "- **Parity min**: minutes of tuning until the tuning curve, scaled to the measured tuned latency, reaches "
         "ORT's median (`> N`: not within the budget); see `tvm_vs_onnxruntime_curves.png`.",
         "- **% peak** = the model's FLOPs (TVM's estimate over its tasks) / median latency, against the fp32 "
@@ -400,7 +432,8 @@ def main() -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: 1,2)")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default: 1,8)")
     parser.add_argument("--tune-minutes", type=float, default=15.0, help="MetaSchedule minutes per point")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds per point")
+    parser.add_argument("--rounds", type=int, default=8,
+                        help="interleaved timing rounds per point (at least 2: the ratio's interval is over them)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per backend, all rounds")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="cap of timed seconds per backend")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per build or round, tuning excluded")
@@ -412,6 +445,8 @@ def main() -> int:
                         help="measure nothing but the fp32 peak (kept if higher than the run's); write --out's "
                              "Markdown and curves again from its JSON with this checkout's rendering")
     args = parser.parse_args()
+    if args.rounds < 2:
+        raise BadInputError(f"--rounds must be at least 2 (the ratio's interval is over the rounds), got {args.rounds}")
     from dlcbench.results.env import environment
 
     start = time.perf_counter()
@@ -468,7 +503,6 @@ def load_run(path: Path) -> dict:
     Raises:
         BadInputError: no such file, or not a run of this benchmark.
     """
-    from dlcbench.errors import BadInputError
     from dlcbench.jsonio import load_file
 
     earlier = load_file(path)
@@ -482,6 +516,7 @@ def load_run(path: Path) -> dict:
 def write_run(points: list[dict], args, env: dict, seconds: float, argv: list[str], sessions: int,
               settings: dict) -> str:
     """Writes the run so far (Markdown, JSON, the curves' PNG when matplotlib is there); returns the Markdown."""
+    points = [{**p, "ratio": point_ratio(p)} if p.get("ratio") else p for p in points]
     text = render(points, args, env, seconds, argv, sessions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
@@ -524,8 +559,6 @@ def resumed(earlier: dict, path: Path, env: dict, settings: dict) -> tuple[list[
     Raises:
         BadInputError: another revision (or a dirty checkout), machine, versions or settings.
     """
-    from dlcbench.errors import BadInputError
-
     revision = earlier.get("environment", {}).get("git_revision")
     if not revision or revision.endswith("-dirty") or revision != env.get("git_revision"):
         raise BadInputError(f"cannot resume {path}: it was measured at revision {revision}, this checkout is "

@@ -103,6 +103,9 @@ def compare_medians(baseline, candidate, level: float = 0.95, resamples: int = B
     """Speedup of ``candidate`` over ``baseline`` (ratio of median latencies, baseline / candidate) with its
     bootstrap interval (both sample sets resampled independently) and a verdict read from the interval:
     ``faster`` when it lies above 1, ``slower`` when below, else ``no significant difference``.
+
+    The resampling treats every run as independent, which holds only while the machine's speed does not drift;
+    runs timed in interleaved rounds are compared by :func:`compare_rounds` instead.
     """
     rng = np.random.default_rng(seed)
     base = np.asarray(baseline, dtype=np.float64)
@@ -111,7 +114,55 @@ def compare_medians(baseline, candidate, level: float = 0.95, resamples: int = B
     tail = (1 - level) / 2 * 100
     lo, hi = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
     verdict = FASTER if lo > 1 else SLOWER if hi < 1 else NO_DIFFERENCE
-    return {"speedup": float(np.median(base) / np.median(cand)), "ci": [lo, hi], "verdict": verdict}
+    return {"speedup": float(np.median(base) / np.median(cand)), "ci": [lo, hi], "verdict": verdict,
+            "method": "pooled runs"}
+
+
+def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
+                   pooled: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Speedup of ``candidate`` over ``baseline`` from interleaved rounds: round ``i`` of each was timed next to
+    the other's, so each round gives one paired ratio of medians in which the machine's drift cancels.
+
+    The interval is Student's t over the rounds' log ratios (their geometric mean, ``n - 1`` degrees of freedom),
+    which counts the drift between rounds as the uncertainty it is; :func:`compare_medians` resamples the pooled
+    runs as if independent, and on a machine whose speed wanders over seconds it gives intervals many times too
+    narrow. With ``pooled`` (that function's result on the same runs) the interval is the hull of both, never
+    narrower than the runs' own noise, and ``speedup`` stays the ratio of the pooled medians.
+
+    Args:
+        baseline_rounds: The baseline's median latency in each round.
+        candidate_rounds: The candidate's, same rounds, same order (at least two).
+        level: Confidence level.
+        pooled: Optional :func:`compare_medians` result of the pooled runs.
+
+    Returns:
+        ``speedup`` (baseline / candidate), ``ci``, ``verdict`` as :func:`compare_medians`, plus ``method``
+        (``paired rounds``), ``rounds`` and ``round_speedups``.
+
+    Raises:
+        BadInputError: fewer than two rounds, unequal round counts, or a latency that is not positive.
+    """
+    from scipy.stats import t as student_t
+
+    base = np.asarray(baseline_rounds, dtype=np.float64)
+    cand = np.asarray(candidate_rounds, dtype=np.float64)
+    if base.shape != cand.shape or base.ndim != 1 or base.size < 2:
+        raise BadInputError(f"paired rounds need two equal lists of at least two round medians "
+                            f"(got {base.size} and {cand.size})")
+    if not (np.all(np.isfinite(base)) and np.all(np.isfinite(cand)) and np.all(base > 0) and np.all(cand > 0)):
+        raise BadInputError("round medians must be finite and positive")
+    logs = np.log(base / cand)
+    n = logs.size
+    half = float(student_t.ppf(0.5 + level / 2, n - 1) * logs.std(ddof=1) / np.sqrt(n))
+    lo, hi = float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
+    speedup = float(np.exp(logs.mean()))
+    if pooled is not None:
+        speedup = float(pooled["speedup"])
+        if pooled.get("ci"):
+            lo, hi = min(lo, float(pooled["ci"][0])), max(hi, float(pooled["ci"][1]))
+    verdict = FASTER if lo > 1 else SLOWER if hi < 1 else NO_DIFFERENCE
+    return {"speedup": speedup, "ci": [lo, hi], "verdict": verdict, "method": "paired rounds", "rounds": n,
+            "round_speedups": [float(v) for v in base / cand]}
 
 
 def ci_target_met(stats: dict[str, Any], target: float) -> bool:

@@ -5,6 +5,7 @@ Imports only the standard library and :mod:`dlcbench.jsonio` (stages ship it to 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -129,6 +130,52 @@ def measure_peak_gflops(threads: int, n: int = 1024, tries: int = 3) -> float | 
             continue
         best = value if best is None else max(best, value)
     return None if best is None else round(best, 1)
+
+
+_DRIFT_CODE = """
+import json, sys, time, numpy as np
+seconds, window, n = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+a = np.random.default_rng(0).random((n, n), dtype=np.float32); b = a.copy(); a @ b
+rates, end = [], time.perf_counter() + seconds
+while time.perf_counter() < end:
+    runs, start = [], time.perf_counter()
+    while time.perf_counter() - start < window:
+        t = time.perf_counter(); a @ b; runs.append(time.perf_counter() - t)
+    rates.append(2 * n ** 3 / sorted(runs)[len(runs) // 2] / 1e9)
+print(json.dumps(rates))
+"""
+
+
+def measure_speed_drift(seconds: float = 40.0, window_s: float = 0.25, n: int = 256) -> dict:
+    """How much this machine's speed wanders: one thread's fp32 matmul GFLOP/s (the median product of each
+    ``window_s`` window) over ``seconds``, in a fresh process.
+
+    On a quiet machine the windows agree within a few percent; on a shared VM they can swing by 2x within seconds,
+    and then runs timed at different moments are not comparable (nor independent: see
+    :func:`dlcbench.measure.timing.compare_rounds`).
+
+    Returns:
+        ``windows`` (GFLOP/s per window, in order), ``min``, ``median``, ``max``, ``swing`` (max / min),
+        ``lag1_autocorrelation`` (near 1: the speed moves slowly, so neighbouring windows share it) and the settings.
+
+    Raises:
+        RuntimeError: the measuring process failed or ran past ``seconds`` + 60 s.
+    """
+    env = {**os.environ, **{k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+    try:
+        out = subprocess.run([sys.executable, "-c", _DRIFT_CODE, str(seconds), str(window_s), str(n)],
+                             capture_output=True, text=True, env=env, timeout=seconds + 60)
+        rates = [float(v) for v in json.loads(out.stdout.strip().splitlines()[-1])]
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as err:
+        raise RuntimeError(f"the drift measurement failed: {str(err)[:200]}") from None
+    ordered = sorted(rates)
+    mean = sum(rates) / len(rates)
+    var = sum((r - mean) ** 2 for r in rates)
+    lag1 = (sum((x - mean) * (y - mean) for x, y in zip(rates, rates[1:])) / var) if var > 0 else 0.0
+    return {"windows": [round(r, 2) for r in rates], "min": round(ordered[0], 2),
+            "median": round(ordered[len(ordered) // 2], 2), "max": round(ordered[-1], 2),
+            "swing": round(ordered[-1] / ordered[0], 3), "lag1_autocorrelation": round(lag1, 3),
+            "seconds": seconds, "window_s": window_s, "n": n}
 
 
 _BANDWIDTH_CODE = """

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from dlcbench.errors import BadInputError
-from dlcbench.measure.timing import NO_DIFFERENCE, SPREAD_FLAG, compare_medians, statistics
+from dlcbench.measure.timing import NO_DIFFERENCE, SPREAD_FLAG, compare_medians, compare_rounds, statistics
 from dlcbench.measure.trackers import REGION_METRICS, UNRECORDED, metric_of, metric_region, region_latency, value_of
 from dlcbench.outputs import OutputKind, Owned, staged_output
 from dlcbench.results.store import ResultsStore
@@ -69,6 +69,15 @@ def _series_threads(row: dict[str, Any], sweep: bool) -> str:
 def _samples(row: dict[str, Any]) -> np.ndarray | None:
     latency = metric_of(row, "latency")
     return np.asarray(latency["samples"], dtype=np.float64) if latency and latency.get("samples") else None
+
+
+def _paired_rounds(base: dict[str, Any], row: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """The two rows' round medians when they were timed in the same interleaved rounds (one experiment, as many
+    rounds each, at least two), else None."""
+    medians = [((metric_of(r, "latency") or {}).get("detail") or {}).get("round_medians_ms") for r in (base, row)]
+    if base.get("experiment") != row.get("experiment") or not all(medians) or len(medians[0]) != len(medians[1]):
+        return None
+    return (medians[0], medians[1]) if len(medians[0]) >= 2 else None
 
 
 #: Timed regions a report shows, in order: each is reported on its own, never compared with another.
@@ -152,9 +161,11 @@ def speedup_comparisons(rows, baseline: str) -> list[dict[str, Any]]:
     with GPU rows only) and machine, and the same thread count when both run on the CPU.
 
     Each comparison: ``model``, ``batch``, ``threads`` (the CPU side's; None for two GPU rows), ``backend``,
-    ``speedup`` (baseline median / backend median, >1 = faster), ``ci`` (its 95 % bootstrap interval, from the
-    stored samples; None without them) and ``verdict`` (``faster``, ``slower``, ``no significant difference``,
-    or ``no samples``).
+    ``speedup`` (baseline median / backend median, >1 = faster), ``ci`` (its 95 % interval; None without stored
+    samples), ``verdict`` (``faster``, ``slower``, ``no significant difference``, or ``no samples``) and ``method``.
+    Rows timed in the same interleaved rounds get :func:`~dlcbench.measure.timing.compare_rounds`' interval
+    (``paired rounds``: the drift between rounds counts); others the bootstrap of their pooled runs
+    (``pooled runs``), which holds only on a machine whose speed did not drift.
 
     Raises:
         BadInputError: the rows' latencies are of different timed regions (see :func:`region_rows`).
@@ -177,9 +188,13 @@ def speedup_comparisons(rows, baseline: str) -> list[dict[str, Any]]:
             a, b = _samples(base), _samples(row)
             if a is not None and b is not None:
                 result = compare_medians(a, b)
+                paired = _paired_rounds(base, row)
+                if paired:
+                    result = compare_rounds(*paired, pooled=result)
+                    del result["round_speedups"]
             else:
                 result = {"speedup": value_of(base, "latency") / value_of(row, "latency"), "ci": None,
-                          "verdict": "no samples"}
+                          "verdict": "no samples", "method": None}
             threads = _cpu_threads(row) if _cpu_threads(row) is not None else _cpu_threads(base)
             out.append({"model": _label(row), "batch": row["batch"], "threads": threads, "backend": series(row),
                         "machine": row.get("machine"), **result})
@@ -357,17 +372,20 @@ def _speedup_lines(rows, baseline: str) -> list[str]:
     machines = len({c["machine"] for c in comparisons}) > 1
     region = rows_region(rows)
     lines = [f"## Speedups relative to {baseline}" + (f", {REGION_TITLES.get(region, region)}" if region else ""), "",
-             "Ratio of median latencies (>1 = faster than the baseline) with its 95 % bootstrap interval; the verdict "
-             "is read from the interval (it must exclude 1)."
+             "Ratio of median latencies (>1 = faster than the baseline) with its 95 % interval; the verdict is read "
+             "from the interval (it must exclude 1). `paired rounds`: both were timed in the same interleaved rounds, "
+             "and the interval (Student's t over the rounds' ratios, widened to the pooled runs' bootstrap if that is "
+             "wider) counts the machine's drift between rounds; `pooled runs`: a bootstrap of all runs as if "
+             "independent, which understates the uncertainty on a machine whose speed drifts (time with `compare --interleave K`)."
              + (" CPU rows from different machines are never compared: each machine has its own rows." if machines
                 else ""), "",
              "| model | batch | threads |" + (" machine |" if machines else "") + " backend | speedup | 95 % interval | "
-             "verdict |", "|---|---|---|" + ("---|" if machines else "") + "---|---|---|---|"]
+             "verdict | interval from |", "|---|---|---|" + ("---|" if machines else "") + "---|---|---|---|---|"]
     for c in comparisons:
         interval = f"{c['ci'][0]:.3f}-{c['ci'][1]:.3f}" if c["ci"] else ""
         lines.append(f"| {c['model']} | {c['batch']} | {c['threads'] if c['threads'] is not None else ''} | "
                      + (f"{c['machine'] or ''} | " if machines else "")
-                     + f"{c['backend']} | {c['speedup']:.3f}x | {interval} | {c['verdict']} |")
+                     + f"{c['backend']} | {c['speedup']:.3f}x | {interval} | {c['verdict']} | {c.get('method') or ''} |")
     return lines + [""]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from dlcbench.errors import BadInputError
 from dlcbench.measure.timing import (FASTER, NO_DIFFERENCE, SLOWER, TimingConfig, bootstrap_medians, compare_medians,
-                                     measure, median_interval, statistics)
+                                     compare_rounds, measure, median_interval, statistics)
 
 
 def test_fast_bootstrap_matches_resampling_by_hand():
@@ -127,3 +127,53 @@ def test_adaptive_length_respects_the_caps_and_records_a_missed_target():
 def test_bad_interval_target_is_refused(target):
     with pytest.raises(BadInputError, match="interval target"):
         TimingConfig(ci_target=target)
+
+
+def _drifting_rounds(rng, ratio: float, rounds: int, runs: int = 200, drift: float = 0.3):
+    """Two backends timed in interleaved rounds on a machine whose speed wanders between rounds (a lognormal
+    factor of ``drift``), the second backend ``ratio`` times the first's latency: runs of each, per round."""
+    base, cand = [], []
+    for _ in range(rounds):
+        speed = np.exp(rng.normal(0, drift))
+        nearby = speed * np.exp(rng.normal(0, drift / 2))  # timed right after: a speed that has moved less
+        base.append(1e-3 * speed * (1 + rng.normal(0, 0.02, runs)))
+        cand.append(1e-3 * ratio * nearby * (1 + rng.normal(0, 0.02, runs)))
+    return base, cand
+
+
+def test_paired_rounds_cover_the_truth_where_pooled_runs_do_not():
+    """On a drifting machine the pooled runs' bootstrap claims differences that are not there; the interval over
+    the rounds' paired ratios covers the true speedup about as often as it says."""
+    rng = np.random.default_rng(1)
+    pooled_cover = paired_cover = 0
+    trials = 200
+    for _ in range(trials):
+        base, cand = _drifting_rounds(rng, ratio=1.0, rounds=6)
+        pooled = compare_medians(np.concatenate(base), np.concatenate(cand))
+        paired = compare_rounds([np.median(b) for b in base], [np.median(c) for c in cand], pooled=pooled)
+        pooled_cover += pooled["ci"][0] <= 1 <= pooled["ci"][1]
+        paired_cover += paired["ci"][0] <= 1 <= paired["ci"][1]
+        assert paired["ci"][0] <= pooled["ci"][0] and paired["ci"][1] >= pooled["ci"][1]  # the hull of both
+        assert paired["speedup"] == pooled["speedup"] and paired["method"] == "paired rounds"
+    assert paired_cover / trials >= 0.9
+    assert pooled_cover / trials < 0.75  # a "95 %" interval
+
+
+def test_paired_rounds_still_find_a_real_difference():
+    rng = np.random.default_rng(2)
+    base, cand = _drifting_rounds(rng, ratio=0.7, rounds=8)
+    result = compare_rounds([np.median(b) for b in base], [np.median(c) for c in cand])
+    assert result["verdict"] == FASTER and result["ci"][0] > 1.1
+    assert result["rounds"] == 8 and len(result["round_speedups"]) == 8
+    assert compare_rounds([np.median(c) for c in cand], [np.median(b) for b in base])["verdict"] == SLOWER
+    # Rounds that agree exactly leave the pooled runs' interval.
+    same = compare_rounds([1.0, 2.0], [0.5, 1.0], pooled={"speedup": 2.0, "ci": [1.9, 2.1]})
+    assert same["ci"] == [1.9, 2.1] and same["verdict"] == FASTER
+
+
+@pytest.mark.parametrize("base, cand, words", [
+    ([1.0], [1.0], "at least two"), ([1.0, 1.0], [1.0], "two equal lists"),
+    ([1.0, 0.0], [1.0, 1.0], "finite and positive"), ([1.0, float("nan")], [1.0, 1.0], "finite and positive")])
+def test_paired_rounds_refuse_what_they_cannot_pair(base, cand, words):
+    with pytest.raises(BadInputError, match=words):
+        compare_rounds(base, cand)

@@ -61,7 +61,8 @@ def test_report_lists_every_speedup_with_its_interval_and_verdict(db, tmp_path):
     text = write_report(db, "e", tmp_path / "report").read_text()
     table = text[text.index("## Speedups relative to onnxruntime"):text.index("## Plots")]
     cells = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| mlp |")]
-    verdicts = {(threads, backend): (speedup, verdict) for _, _, threads, backend, speedup, _, verdict in cells}
+    verdicts = {(threads, backend): (speedup, verdict) for _, _, threads, backend, speedup, _, verdict, _ in cells}
+    assert {cell[-1] for cell in cells} == {"pooled runs"}  # timed without --rounds
     assert verdicts[("1", "tvm")] == ("1.249x", "faster") and verdicts[("2", "tvm")] == ("1.500x", "faster")
     assert verdicts[("1", "tensorflow")][1] == "slower" and verdicts[("1", "xla")] == ("1.000x", NO_DIFFERENCE)
     assert verdicts[("1", "torch")][1] == NO_DIFFERENCE and len(verdicts) == 5
@@ -114,3 +115,37 @@ def test_two_cpu_generations_under_one_name_are_two_machines(tmp_path):
     _, _, cells = _two_machine_report(tmp_path, machines, 2.0, seed=2)
     assert sorted(c[3] for c in cells) == ["vm (AMD EPYC 25/1)", "vm (AMD EPYC 26/1)"]
     assert all(float(c[5].rstrip("x")) == pytest.approx(0.5, rel=0.03) for c in cells)  # never 0.25x or 1x
+
+
+def _rounds_row(backend: str, round_speeds, rng) -> dict:
+    """A row timed in interleaved rounds, as the tracker stores one: pooled runs plus each round's median."""
+    rounds = [1e-3 * s * (1 + rng.normal(0, 0.05, 300)) for s in round_speeds]
+    samples = np.concatenate(rounds)
+    metric = latency_metric("latency", list(samples), statistics(samples), clock="host",
+                            round_medians_ms=[statistics(r)["median_ms"] for r in rounds])
+    return {"model": "cnn", "backend": backend, "target": "cpu", "precision": "fp32", "batch": 1, "threads": 1,
+            "status": "ok", "metrics": [metric.to_dict()]}
+
+
+def test_rows_timed_in_the_same_rounds_are_compared_round_by_round(tmp_path):
+    """The machine sped up and slowed down between rounds (the same code, each round timed back to back): the pooled
+    runs' bootstrap calls tvm slower; the paired rounds see no difference. Rows of two experiments are not paired."""
+    rng = np.random.default_rng(0)
+    speeds = np.exp(rng.normal(0, 0.2, 6))
+    nearby = speeds * np.exp(rng.normal(0, 0.1, 6))
+    ort, tvm = _rounds_row("onnxruntime", speeds, rng), _rounds_row("tvm", nearby, rng)
+    path = tmp_path / "r.sqlite"
+    with ResultsStore(path) as store:
+        for experiment in ("same", "other"):
+            store.ensure_experiment(experiment, {})
+        store.add_result("same", "ort", ort)
+        store.add_result("same", "tvm", tvm)
+        store.add_result("other", "tvm", tvm)
+    with ResultsStore(path, readonly=True) as store:
+        same, other = store.results("same"), store.results("same") + store.results("other")
+    [paired] = speedup_comparisons(same, "onnxruntime")
+    assert paired["method"] == "paired rounds" and paired["rounds"] == 6
+    assert paired["verdict"] == NO_DIFFERENCE and paired["ci"][0] < 1 < paired["ci"][1]
+    pooled = [c for c in speedup_comparisons(other, "onnxruntime") if c["method"] == "pooled runs"]
+    assert len(pooled) == 1 and pooled[0]["verdict"] == "slower" and pooled[0]["speedup"] == paired["speedup"]
+    assert pooled[0]["ci"][1] - pooled[0]["ci"][0] < (paired["ci"][1] - paired["ci"][0]) / 5

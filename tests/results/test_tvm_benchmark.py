@@ -114,7 +114,11 @@ def test_render_rewrites_a_run_and_keeps_the_best_peak(tmp_path):
     done = run_script(SCRIPT, "--out", str(out), "--render", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     again = json.loads(out.with_suffix(".json").read_text())
-    assert again["points"] == run["points"] and again["settings"] == run["settings"]
+    assert [{**p, "ratio": None} for p in again["points"]] == [{**p, "ratio": None} for p in run["points"]]
+    assert again["settings"] == run["settings"]
+    for before, after in zip(run["points"], again["points"]):  # rescored from the round medians
+        assert after["ratio"]["method"] == "paired rounds" and after["ratio"]["pooled_ci"] == before["ratio"]["ci"]
+        assert after["ratio"]["ci"][0] <= before["ratio"]["ci"][0] and after["ratio"]["ci"][1] >= before["ratio"]["ci"][1]
     assert again["environment"]["git_revision"] == run["environment"]["git_revision"]  # still the run's revision
     peaks = again["environment"]["peak_gflops_by_threads"]
     [sitting] = again["environment"]["peak_sittings"]
@@ -132,6 +136,31 @@ def test_render_rewrites_a_run_and_keeps_the_best_peak(tmp_path):
     assert len(twice["peak_sittings"]) == 2 and twice["peak_gflops_by_threads"]["1"] == 1e6
     assert twice["peak_gflops_by_threads"]["2"] == max(s["gflops"]["2"] for s in twice["peak_sittings"])
     assert "the best of 2 measurements" in out.read_text()
+
+
+def test_ratio_interval_counts_the_drift_between_rounds():
+    """A committed point whose rounds disagreed (TVM / ORT of 0.84 to 1.76 from round to round) was called slower
+    from the pooled runs' interval; over its rounds it is no significant difference. One whose rounds agreed keeps
+    its verdict."""
+    module = _module()
+    run = json.loads((ROOT / "benchmarks" / "results" / "tvm-15min-znver5" / "tvm_vs_onnxruntime.json").read_text())
+    drifting = next(p for p in run["points"] if (p["model"], p["threads"]) == ("mlp", 2))
+    steady = next(p for p in run["points"] if (p["model"], p["threads"]) == ("mobilenetv2", 1))
+    ratio = module.point_ratio(drifting)
+    rounds = [t / o for o, t in zip(drifting["onnxruntime"]["round_medians_ms"], drifting["tvm"]["round_medians_ms"])]
+    assert max(rounds) / min(rounds) > 1.5 and ratio["round_ratios"] == pytest.approx(rounds)
+    assert ratio["verdict"] == "no significant difference" and ratio["ci"][0] < 1 < ratio["ci"][1]
+    assert ratio["tvm_over_ort"] == pytest.approx(drifting["tvm"]["median_ms"] / drifting["onnxruntime"]["median_ms"])
+    assert module.point_ratio(steady)["verdict"] == "slower" and module.point_ratio(steady)["ci"][0] > 1.5
+    # Rescoring is idempotent: the pooled runs' interval is kept beside the paired one.
+    assert module.point_ratio({**drifting, "ratio": ratio}) == ratio
+    single = {**steady, "onnxruntime": {**steady["onnxruntime"], "round_medians_ms": [1.0]}}
+    assert module.point_ratio(single)["method"] == "pooled runs"
+
+
+def test_rounds_below_two_are_one_line(tmp_path):
+    run = run_script(SCRIPT, *TINY[:-6], "--rounds", "1", "--out", str(tmp_path / "x.md"), timeout=300)
+    assert_one_line_error(run, ExitCode.BAD_INPUT, "--rounds must be at least 2")
 
 
 def test_render_of_something_else_is_one_line(tmp_path):
