@@ -14,7 +14,8 @@ what it measured; ``--resume`` goes on with the points the JSON lacks. A run is 
 resuming from another revision, on another CPU (name, SIMD flags, family and model numbers) or with other settings
 is refused (start again with another ``--out``, or without ``--resume``).
 ``--render`` measures no point: it writes the Markdown and the curves again from the JSON with this checkout's
-rendering and statistics (the ratio's interval is recomputed from the stored round medians). The fp32 peak behind ``% peak`` is measured at every start (run, sitting, or rendering on the run's
+rendering and statistics (the ratio's interval is recomputed from the stored round medians). The fp32 peak
+behind ``% peak`` is measured at every start (run, sitting, or rendering on the run's
 machine), and each thread count keeps its best figure: a measurement taken while the machine was busy reads low
 (render on an idle machine).
 The table ends with the issue's targets against the points measured so far: each ratio bound met (the whole
@@ -114,7 +115,7 @@ def point_ratio(point: dict) -> dict:
     the ratio kept ``pooled_ci`` has its bootstrap interval in ``ratio.ci``, so ``--render`` rescores old runs the
     same way.
     """
-    from dlcbench.measure.timing import compare_rounds
+    from dlcbench.measure.timing import compare_rounds, verdict_of
 
     earlier = point.get("ratio") or {}
     pooled_ci = earlier.get("pooled_ci") or earlier.get("ci")
@@ -125,9 +126,7 @@ def point_ratio(point: dict) -> dict:
     if len(rounds[0]) >= 2 and len(rounds[0]) == len(rounds[1]):
         speed = compare_rounds(*rounds, pooled=pooled)
     else:  # a single round: only the pooled runs' interval
-        lo, hi = pooled["ci"]
-        speed = {**pooled, "verdict": "faster" if lo > 1 else "slower" if hi < 1 else "no significant difference",
-                 "method": "pooled runs"}
+        speed = {**pooled, "verdict": verdict_of(*pooled["ci"]), "method": "pooled runs"}
     lo, hi = speed["ci"]
     return {"tvm_over_ort": 1 / speed["speedup"], "ci": [1 / hi, 1 / lo], "verdict": speed["verdict"],
             "method": speed["method"], "pooled_ci": list(pooled_ci),

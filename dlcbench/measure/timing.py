@@ -98,6 +98,11 @@ def median_interval(samples, level: float = 0.95, resamples: int = BOOTSTRAP_RES
 FASTER, SLOWER, NO_DIFFERENCE = "faster", "slower", "no significant difference"
 
 
+def verdict_of(lo: float, hi: float) -> str:
+    """The verdict an interval ``[lo, hi]`` of a speedup gives: ``faster`` above 1, ``slower`` below, else none."""
+    return FASTER if lo > 1 else SLOWER if hi < 1 else NO_DIFFERENCE
+
+
 def compare_medians(baseline, candidate, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
                     seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
     """Speedup of ``candidate`` over ``baseline`` (ratio of median latencies, baseline / candidate) with its
@@ -113,7 +118,7 @@ def compare_medians(baseline, candidate, level: float = 0.95, resamples: int = B
     ratios = bootstrap_medians(base, resamples, rng) / bootstrap_medians(cand, resamples, rng)
     tail = (1 - level) / 2 * 100
     lo, hi = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
-    verdict = FASTER if lo > 1 else SLOWER if hi < 1 else NO_DIFFERENCE
+    verdict = verdict_of(lo, hi)
     return {"speedup": float(np.median(base) / np.median(cand)), "ci": [lo, hi], "verdict": verdict,
             "method": "pooled runs"}
 
@@ -160,7 +165,7 @@ def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
         speedup = float(pooled["speedup"])
         if pooled.get("ci"):
             lo, hi = min(lo, float(pooled["ci"][0])), max(hi, float(pooled["ci"][1]))
-    verdict = FASTER if lo > 1 else SLOWER if hi < 1 else NO_DIFFERENCE
+    verdict = verdict_of(lo, hi)
     return {"speedup": speedup, "ci": [lo, hi], "verdict": verdict, "method": "paired rounds", "rounds": n,
             "round_speedups": [float(v) for v in base / cand]}
 
