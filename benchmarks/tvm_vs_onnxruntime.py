@@ -81,7 +81,9 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
             continue
         latency = next(m for m in row["metrics"] if m["name"] == "latency")
         samples[backend] = latency["samples"]
-        point[backend] = {"median_ms": latency["value"], "ci_ms": latency["detail"]["median_ci_ms"],
+        detail = latency["detail"]
+        point[backend] = {"median_ms": latency["value"], "ci_ms": detail["median_ci_ms"],
+                          "pooled_ci_ms": detail.get("pooled_median_ci_ms") or detail["median_ci_ms"],
                           "count": latency["detail"]["count"], "region": latency["detail"].get("region"),
                           "round_medians_ms": latency["detail"].get("round_medians_ms"),
                           "round_spread": latency["detail"].get("round_spread"),
@@ -105,6 +107,18 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
         except Exception as err:  # the profile is a diagnostic: its failure does not lose the point
             point["profile_error"] = str(err)[:200]
     return point
+
+
+def backend_latency(entry: dict) -> dict:
+    """A backend's latency entry with its interval ``ci_ms`` taken over its round medians
+    (:func:`dlcbench.measure.timing.rounds_interval`, hull with the pooled runs' bootstrap, kept as
+    ``pooled_ci_ms``); an entry of one round keeps the bootstrap. ``--render`` rescores old runs with it."""
+    from dlcbench.measure.timing import rounds_interval
+
+    pooled_ci = entry.get("pooled_ci_ms") or entry["ci_ms"]
+    rounds = entry.get("round_medians_ms") or []
+    ci = rounds_interval(rounds, pooled_ci=pooled_ci) if len(rounds) >= 2 else list(pooled_ci)
+    return {**entry, "ci_ms": ci, "pooled_ci_ms": list(pooled_ci)}
 
 
 def point_ratio(point: dict) -> dict:
@@ -356,9 +370,10 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         f"- **Tuning**: {args.tune_minutes:g} min of MetaSchedule per point (model x threads x batch), each point "
         "from its own fresh database: no point inherits records (the `inherited` column counts them).",
         f"- **Timing**: {args.rounds} interleaved rounds per point (ORT, TVM; then TVM, ORT; ...), each backend in its "
-        f"own worker kept alive; at least {args.min_seconds:g} s of timed runs per backend in all, more until the "
-        "median's 95 % interval is within +-1 % (capped). Medians in ms with their 95 % bootstrap interval (of the "
-        "pooled runs: it leaves out the drift between rounds).",
+        f"own worker kept alive; at least {args.min_seconds:g} s of timed runs per backend in all, each round longer "
+        "until its median's 95 % bootstrap interval is within +-1 % (capped). Medians in ms with their 95 % interval over "
+        "the rounds (Student's t over the rounds' log medians, widened to the pooled runs' bootstrap interval if "
+        "that is wider), so the machine's drift between rounds counts.",
         "- **Ratio** = TVM / ORT latency (<1: TVM faster), with its 95 % interval over the rounds: each round gives one "
         "paired ratio (the two backends timed back to back, so a drift of the machine's speed cancels), and the "
         "interval is Student's t over the rounds' log ratios, widened to the pooled runs' bootstrap interval if that "
@@ -515,7 +530,8 @@ def load_run(path: Path) -> dict:
 def write_run(points: list[dict], args, env: dict, seconds: float, argv: list[str], sessions: int,
               settings: dict) -> str:
     """Writes the run so far (Markdown, JSON, the curves' PNG when matplotlib is there); returns the Markdown."""
-    points = [{**p, "ratio": point_ratio(p)} if p.get("ratio") else p for p in points]
+    points = [{**p, **{b: backend_latency(p[b]) for b in BACKENDS if p.get(b)},
+               **({"ratio": point_ratio(p)} if p.get("ratio") else {})} for p in points]
     text = render(points, args, env, seconds, argv, sessions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

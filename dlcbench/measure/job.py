@@ -25,7 +25,7 @@ from dlcbench.compilers.base import REGIONS
 from dlcbench.models.export import names_a_file
 from dlcbench.errors import BadInputError, one_line
 from dlcbench.measure.check import check_outputs, check_override_outputs, join_batches, parse_tolerance_overrides
-from dlcbench.measure.timing import TimingConfig, ci_target_met, measure, statistics
+from dlcbench.measure.timing import TimingConfig, ci_target_met, measure, rounds_interval, statistics
 
 #: What ``--region`` accepts: one timed region, or ``both`` in one job.
 REGION_CHOICES = (*REGIONS, "both")
@@ -346,9 +346,11 @@ def round_timing(timing: TimingConfig, rounds: int) -> TimingConfig:
 def pool_rounds(rounds: list[list[dict[str, Any]]], timing: TimingConfig, batch: int) -> list[dict[str, Any]]:
     """One timing per region from the rounds of :meth:`OpenJob.time_round` (each a list of region timings).
 
-    One round is returned as it is. Several are pooled: every sample counts in the statistics (and in whether
-    the interval target was met); ``rounds`` lists each round's median, count and interval, and
-    ``stats["round_spread"]`` is (largest - smallest round median) / pooled median, the drift between rounds.
+    One round is returned as it is. Several are pooled: every sample counts in the median; its interval
+    ``median_ci_ms`` is taken over the rounds (:func:`~dlcbench.measure.timing.rounds_interval`, the pooled runs'
+    bootstrap kept as ``pooled_median_ci_ms``), and whether the interval target was met is read from it;
+    ``rounds`` lists each round's median, count and interval, and ``stats["round_spread"]`` is
+    (largest - smallest round median) / pooled median, the drift between rounds.
     """
     if not rounds:
         raise BadInputError("no timed round to report")
@@ -359,9 +361,11 @@ def pool_rounds(rounds: list[list[dict[str, Any]]], timing: TimingConfig, batch:
         parts = [r[index] for r in rounds]
         samples = [s for part in parts for s in part["samples_s"]]
         stats = statistics(samples, batch)
+        medians = [p["stats"]["median_ms"] for p in parts]
+        stats["pooled_median_ci_ms"] = stats["median_ci_ms"]
+        stats["median_ci_ms"] = rounds_interval(medians, pooled_ci=stats["pooled_median_ci_ms"])
         stats["ci_target"] = timing.ci_target or None
         stats["ci_target_met"] = ci_target_met(stats, timing.ci_target) if timing.ci_target else None
-        medians = [p["stats"]["median_ms"] for p in parts]
         stats["round_spread"] = (max(medians) - min(medians)) / stats["median_ms"] if stats["median_ms"] > 0 else 0.0
         entry = {key: value for key, value in first.items() if key not in ("samples_s", "warmup_runs", "stats")}
         pooled.append({**entry, "samples_s": samples, "warmup_runs": sum(p["warmup_runs"] for p in parts),

@@ -147,8 +147,6 @@ def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
     Raises:
         BadInputError: fewer than two rounds, unequal round counts, or a latency that is not positive.
     """
-    from scipy.stats import t as student_t
-
     base = np.asarray(baseline_rounds, dtype=np.float64)
     cand = np.asarray(candidate_rounds, dtype=np.float64)
     if base.shape != cand.shape or base.ndim != 1 or base.size < 2:
@@ -158,9 +156,7 @@ def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
         raise BadInputError("round medians must be finite and positive")
     logs = np.log(base / cand)
     n = logs.size
-    half = float(student_t.ppf(0.5 + level / 2, n - 1) * logs.std(ddof=1) / np.sqrt(n))
-    lo, hi = float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
-    speedup = float(np.exp(logs.mean()))
+    speedup, lo, hi = _geometric_t_interval(logs, level)
     if pooled is not None:
         speedup = float(pooled["speedup"])
         if pooled.get("ci"):
@@ -168,6 +164,35 @@ def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
     verdict = verdict_of(lo, hi)
     return {"speedup": speedup, "ci": [lo, hi], "verdict": verdict, "method": "paired rounds", "rounds": n,
             "round_speedups": [float(v) for v in base / cand]}
+
+
+def _geometric_t_interval(logs: np.ndarray, level: float) -> tuple[float, float, float]:
+    """``(geometric mean, lo, hi)`` of values given by their logs: Student's t, ``n - 1`` degrees of freedom."""
+    from scipy.stats import t as student_t
+
+    half = float(student_t.ppf(0.5 + level / 2, logs.size - 1) * logs.std(ddof=1) / np.sqrt(logs.size))
+    center = float(logs.mean())
+    return float(np.exp(center)), float(np.exp(center - half)), float(np.exp(center + half))
+
+
+def rounds_interval(round_medians, level: float = 0.95, pooled_ci=None) -> list[float]:
+    """Interval of one latency timed in several rounds (interleaved with other backends): Student's t over the
+    rounds' log medians, so the machine's drift between rounds counts as uncertainty (the pooled runs'
+    bootstrap, :func:`median_interval`, treats them as independent and is too narrow on a drifting machine).
+    With ``pooled_ci`` (that bootstrap) the result is the hull of both.
+
+    Raises:
+        BadInputError: fewer than two rounds, or a median that is not finite and positive.
+    """
+    medians = np.asarray(round_medians, dtype=np.float64)
+    if medians.ndim != 1 or medians.size < 2:
+        raise BadInputError(f"an interval over rounds needs at least two round medians (got {medians.size})")
+    if not (np.all(np.isfinite(medians)) and np.all(medians > 0)):
+        raise BadInputError("round medians must be finite and positive")
+    _, lo, hi = _geometric_t_interval(np.log(medians), level)
+    if pooled_ci is not None:
+        lo, hi = min(lo, float(pooled_ci[0])), max(hi, float(pooled_ci[1]))
+    return [lo, hi]
 
 
 def ci_target_met(stats: dict[str, Any], target: float) -> bool:

@@ -37,6 +37,15 @@ def test_pool_rounds_keeps_every_sample_and_each_round_median():
     assert pooled["stats"]["ci_target"] == 0.01 and pooled["stats"]["ci_target_met"] in (True, False)
     # The pooled median follows the two rounds that agree, not the drifted one.
     assert pooled["stats"]["median_ms"] < 1.1 * medians[0]
+    # Its interval is over the rounds: the pooled runs' bootstrap (kept) is far narrower than the drift, and the
+    # +-1 % target is read from the honest one.
+    lo, hi = pooled["stats"]["median_ci_ms"]
+    plo, phi = pooled["stats"]["pooled_median_ci_ms"]
+    assert lo <= plo and hi >= phi and (hi - lo) > 10 * (phi - plo)
+    assert hi > 1.5 * medians[0] and pooled["stats"]["ci_target_met"] is False
+    steady = [_round(list(rng.normal(1e-3, 1e-5, 50))) for _ in range(4)]
+    quiet, = pool_rounds(steady, TimingConfig(ci_target=0.01), batch=1)
+    assert quiet["stats"]["ci_target_met"] is True  # rounds that agree keep a tight interval
     single = _round([1e-3, 2e-3])
     assert pool_rounds([single], TimingConfig(), 1) == single
     with pytest.raises(BadInputError):

@@ -114,12 +114,19 @@ def test_render_rewrites_a_run_and_keeps_the_best_peak(tmp_path):
     done = run_script(SCRIPT, "--out", str(out), "--render", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     again = json.loads(out.with_suffix(".json").read_text())
-    assert [{**p, "ratio": None} for p in again["points"]] == [{**p, "ratio": None} for p in run["points"]]
+    rescored = ("ratio", "onnxruntime", "tvm")
+    assert ([{**p, **dict.fromkeys(rescored)} for p in again["points"]]
+            == [{**p, **dict.fromkeys(rescored)} for p in run["points"]])
     assert again["settings"] == run["settings"]
     for before, after in zip(run["points"], again["points"]):  # rescored from the round medians
         pooled = before["ratio"].get("pooled_ci", before["ratio"]["ci"])  # a run rendered before kept its own
         assert after["ratio"]["method"] == "paired rounds" and after["ratio"]["pooled_ci"] == pooled
         assert after["ratio"]["ci"][0] <= pooled[0] and after["ratio"]["ci"][1] >= pooled[1]
+        for backend in ("onnxruntime", "tvm"):  # each median's interval too, over its rounds
+            old, new = before[backend], after[backend]
+            pooled_ms = old.get("pooled_ci_ms", old["ci_ms"])
+            assert new["pooled_ci_ms"] == pooled_ms and new["median_ms"] == old["median_ms"]
+            assert new["ci_ms"][0] <= pooled_ms[0] and new["ci_ms"][1] >= pooled_ms[1]
     assert again["environment"]["git_revision"] == run["environment"]["git_revision"]  # still the run's revision
     peaks = again["environment"]["peak_gflops_by_threads"]
     [sitting] = again["environment"]["peak_sittings"]
