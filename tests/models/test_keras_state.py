@@ -46,12 +46,27 @@ def test_a_keras_model_with_dynamic_spatial_dimensions_needs_a_shape(tmp_path):
     assert result.passed, result.failure_message
 
 
+@pytest.fixture(scope="module")
+def application_file(tmp_path_factory):
+    """``application -> .keras path``, each saved once: its second backend reuses the first one's export (the
+    export cache keys a user's file by its content)."""
+    saved: dict[str, Path] = {}
+
+    def get(application: str) -> Path:
+        if application not in saved:
+            import keras
+
+            path = tmp_path_factory.mktemp(application) / f"{application}.keras"
+            getattr(keras.applications, application)(weights=None, input_shape=(32, 32, 3), classes=10).save(path)
+            saved[application] = path
+        return saved[application]
+
+    return get
+
+
 @pytest.mark.parametrize("application, backend", [("EfficientNetB0", "onnxruntime"), ("EfficientNetB0", "tvm"),
                                                   ("DenseNet121", "onnxruntime"), ("DenseNet121", "tvm")])
-def test_keras_applications_built_without_weights(tmp_path, application, backend):
-    import keras
-
-    path = tmp_path / f"{application}.keras"
-    getattr(keras.applications, application)(weights=None, input_shape=(32, 32, 3), classes=10).save(path)
+def test_keras_applications_built_without_weights(tmp_path, application_file, application, backend):
+    path = application_file(application)
     result = run_job(JobConfig(backend=backend, model=str(path), threads=2, out_dir=tmp_path / backend, timing=QUICK))
     assert result.passed, result.failure_message

@@ -35,7 +35,7 @@ def _config(tmp_path, **kwargs):
 
 
 def test_failures_are_categorised_and_the_next_job_still_runs(tmp_path, faulty_backends):
-    config = _config(tmp_path, backends=["abort", "hang", "raise", "wrong", "trt", "onnxruntime"], timeout_s=40)
+    config = _config(tmp_path, backends=["abort", "hang", "raise", "wrong", "trt", "onnxruntime"], timeout_s=20)
     counts = run_experiment(config, progress=lambda _: None, environment=FAKE_ENV)
     assert counts == {"total": 6, "skipped": 0, "held": 0, "ok": 1, "failed": 5, "journaled": 0, "repeated": 0}
     with ResultsStore(config.db) as store:

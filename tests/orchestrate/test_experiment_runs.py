@@ -146,7 +146,9 @@ def test_a_job_another_live_run_holds_is_skipped_and_a_dead_runs_claim_is_taken_
 
 
 def test_two_runs_of_one_experiment_at_once_split_its_jobs(work):
-    args = ["--name", "twice", "--models", "models/mlp.onnx", "--batch", "1,2,3", *FAST, "--min-seconds", "1.5",
+    # jobs long enough that the second run, which measures the machine before it claims, finds some left even
+    # while other tests load the CPUs
+    args = ["--name", "twice", "--models", "models/mlp.onnx", "--batch", "1,2,3", *FAST, "--min-seconds", "3",
             "--db", "r.sqlite"]
     first = start_compare(work, *args)
     wait_for_claim(work / "r.sqlite", first)

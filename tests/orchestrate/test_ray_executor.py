@@ -106,7 +106,7 @@ def test_an_interrupted_driver_resumes_with_nothing_lost_or_repeated(tmp_path, m
     before = stored(tmp_path / "r.sqlite", "i")
     assert {r["backend"] for r in before.values()} == {"onnxruntime"}
 
-    again = compare(tmp_path, *args, "--timeout", "30", env=env)  # the hang jobs now end as timeouts
+    again = compare(tmp_path, *args, "--timeout", "15", env=env)  # the hang jobs now end as timeouts
     assert again.returncode == 8, again.stderr[-3000:]
     after = stored(tmp_path / "r.sqlite", "i")
     assert again.stdout.startswith("i: 1 ok, 2 failed, 1 already recorded (of 4)"), again.stdout
