@@ -11,7 +11,7 @@ from dlcbench.errors import BadInputError, ExitCode
 from dlcbench_test_support import ROOT, assert_one_line_error, run_script
 
 SCRIPT = "benchmarks/tvm_vs_onnxruntime.py"
-TINY = ["--models", "mlp", "--preset", "tiny", "--threads", "1", "--batches", "1", "--tune-minutes", "0.75",
+TINY = ["--models", "mlp", "--preset", "tiny", "--threads", "1", "--batches", "1", "--tune-minutes", "1.5",
         "--rounds", "2", "--min-seconds", "0.2", "--max-seconds", "1"]
 
 
