@@ -54,9 +54,10 @@ def _sigint_ignored_or_blocked() -> bool:
 @pytest.fixture(autouse=True)
 def _interruptible_children(request):
     """Every test starts with SIGINT handled by Python, unblocked: an ignored or blocked signal stays so in every
-    child, so a test that interrupts a CLI with SIGINT would wait for an exit that never comes. pytest-xdist's
-    workers start that way (the kernel's view; the first test of each worker reports it in the summary): the
-    SIGINT variants of the interrupt tests hung there while their SIGTERM variants passed."""
+    child, so a test that interrupts a CLI with SIGINT would wait for an exit that never comes. A suite started in
+    the background of a non-interactive shell (``pytest ... &``) begins that way (POSIX shells ignore SIGINT in
+    such jobs): the SIGINT variants of the interrupt tests hung while their SIGTERM variants passed. The summary
+    names the tests that found it so (the first test of each worker, then)."""
     if _sigint_ignored_or_blocked():
         request.node.user_properties.append(("sigint_restored", True))
     signal.signal(signal.SIGINT, signal.default_int_handler)
