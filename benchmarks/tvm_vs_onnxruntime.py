@@ -84,10 +84,10 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
         detail = latency["detail"]
         point[backend] = {"median_ms": latency["value"], "ci_ms": detail["median_ci_ms"],
                           "pooled_ci_ms": detail.get("pooled_median_ci_ms") or detail["median_ci_ms"],
-                          "count": latency["detail"]["count"], "region": latency["detail"].get("region"),
-                          "round_medians_ms": latency["detail"].get("round_medians_ms"),
-                          "round_spread": latency["detail"].get("round_spread"),
-                          "ci_target_met": latency["detail"].get("ci_target_met")}
+                          "count": detail["count"], "region": detail.get("region"),
+                          "round_medians_ms": detail.get("round_medians_ms"),
+                          "round_spread": detail.get("round_spread"),
+                          "ci_target_met": detail.get("ci_target_met")}
         if backend == "tvm":
             tuning = (row["manifest"].get("extra") or {}).get("tuning") or {}
             tasks = tuning.get("tasks") or []
