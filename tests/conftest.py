@@ -125,7 +125,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Names the first tests that found SIGINT ignored or blocked (``_interruptible_children``), to find the culprit."""
+    """Names the first tests that found SIGINT ignored or blocked (``_interruptible_children`` restored it)."""
     found = sorted({r.nodeid for reports in terminalreporter.stats.values() for r in reports
                     if ("sigint_restored", True) in getattr(r, "user_properties", ())})
     if found:

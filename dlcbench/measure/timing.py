@@ -159,8 +159,7 @@ def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
     speedup, lo, hi = _geometric_t_interval(logs, level)
     if pooled is not None:
         speedup = float(pooled["speedup"])
-        if pooled.get("ci"):
-            lo, hi = min(lo, float(pooled["ci"][0])), max(hi, float(pooled["ci"][1]))
+        lo, hi = _hull([lo, hi], pooled.get("ci"))
     verdict = verdict_of(lo, hi)
     return {"speedup": speedup, "ci": [lo, hi], "verdict": verdict, "method": "paired rounds", "rounds": n,
             "round_speedups": [float(v) for v in base / cand]}
@@ -190,9 +189,14 @@ def rounds_interval(round_medians, level: float = 0.95, pooled_ci=None) -> list[
     if not (np.all(np.isfinite(medians)) and np.all(medians > 0)):
         raise BadInputError("round medians must be finite and positive")
     _, lo, hi = _geometric_t_interval(np.log(medians), level)
-    if pooled_ci is not None:
-        lo, hi = min(lo, float(pooled_ci[0])), max(hi, float(pooled_ci[1]))
-    return [lo, hi]
+    return _hull([lo, hi], pooled_ci)
+
+
+def _hull(interval: list[float], other) -> list[float]:
+    """The smallest interval holding ``interval`` and ``other`` (``interval`` itself when ``other`` is empty)."""
+    if not other:
+        return [float(interval[0]), float(interval[1])]
+    return [min(float(interval[0]), float(other[0])), max(float(interval[1]), float(other[1]))]
 
 
 def ci_target_met(stats: dict[str, Any], target: float) -> bool:
