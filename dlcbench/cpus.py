@@ -7,11 +7,17 @@ started a worker would start that worker, and everything it times, on a single c
 it was asked for. dlcbench therefore records the CPUs its process was given when dlcbench was first imported
 (the user's own ``taskset`` is respected), hands them to every worker it starts (:data:`CPUS_ENV`), and
 gives them back to the calling thread (:func:`restore_affinity`) before it starts workers or tuning pools.
+
+TVM's pool also pins each of its workers to one core but leaves the thread that runs the first share of each
+parallel loop (the caller) free over all of them. When the scheduler puts the caller on a worker's core the two
+take turns there while another core idles, and the caller spins while it waits for that worker:
+:func:`pin_apart_from_pinned_threads` gives the caller a core of its own.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
 #: Environment variable through which a launcher hands its CPUs to a worker (comma-separated ids).
 CPUS_ENV = "DLCBENCH_CPUS"
@@ -61,3 +67,42 @@ def restore_affinity() -> bool:
 def worker_env() -> dict[str, str]:
     """The environment entry that hands :func:`allowed_cpus` to a worker."""
     return {CPUS_ENV: ",".join(map(str, sorted(_GIVEN)))} if _GIVEN else {}
+
+
+def pin_apart_from_pinned_threads() -> int | None:
+    """Binds the calling thread to the first CPU of its affinity that no other thread of this process is pinned to.
+
+    A thread pinned to one CPU (a TVM pool worker) owns that CPU; the caller takes the lowest one left. Workers
+    of other pools in the process (a pool belongs to an OS thread and outlives it) count as owners too, so
+    with several pools every CPU may be taken. Returns that CPU, or None when nothing changed: off Linux, the
+    caller already on one CPU, or every CPU taken (the caller then keeps its affinity).
+    """
+    getter, setter = getattr(os, "sched_getaffinity", None), getattr(os, "sched_setaffinity", None)
+    if getter is None or setter is None:
+        return None
+    mine = set(getter(0))
+    if len(mine) <= 1:
+        return None
+    me = threading.get_native_id()
+    taken: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for name in tasks:
+        if int(name) == me:
+            continue
+        try:
+            theirs = getter(int(name))
+        except OSError:  # the thread ended meanwhile
+            continue
+        if len(theirs) == 1:
+            taken |= theirs
+    free = sorted(mine - taken)
+    if not free:
+        return None
+    try:
+        setter(0, {free[0]})
+    except OSError:
+        return None
+    return free[0]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dlcbench import jsonio
+from dlcbench.cpus import pin_apart_from_pinned_threads
 from dlcbench.errors import (
     BackendRuntimeError,
     BackendUnavailableError,
@@ -258,6 +259,9 @@ def size_thread_pool(threads: int) -> None:
     calling thread bound to the first ``threads`` cores, as a pool created at that size binds it).
     ``TVM_NUM_THREADS`` is left at ``threads``: TVM reads it at every parallel launch, and runs a kernel
     serially when it is 1, so sessions of different thread counts in one process are used one after another.
+    TVM pins each worker to one core and leaves the calling thread, which runs the first share of every
+    parallel loop, free over all of them: on a worker's core the two took turns (2x slower, and up to a
+    scheduler time slice per call), so the calling thread is then bound to the core no worker holds.
     A pool created smaller elsewhere (by code that set ``TVM_NUM_THREADS`` itself) raises
     :class:`BackendRuntimeError` rather than run, and be recorded, on fewer threads than asked.
     """
@@ -279,6 +283,8 @@ def size_thread_pool(threads: int) -> None:
         raise BackendRuntimeError(
             f"tvm: this thread's TVM pool can run {running} of the {threads} threads asked (TVM sizes a thread's "
             f"pool once, at its first use); load the session in a new process or thread")
+    if threads > 1:
+        pin_apart_from_pinned_threads()
 
 
 def _has_function(vm, name: str) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dlcbench.compilers.base import Manifest, Session
+from dlcbench.cpus import pin_apart_from_pinned_threads
 from dlcbench.errors import BackendRuntimeError, BackendUnavailableError, DlcbenchError, one_line
 
 #: The directory holding ``libtvm_runtime.so`` (and the CUDA runtime libraries) to load artifacts with.
@@ -113,6 +114,8 @@ class Runtime:
         """Sizes the CPU thread pool (``runtime.config_threadpool``)."""
         if self._config_threads is not None and threads:
             self._config_threads(0, int(threads))  # 0 = big cores, as many as asked
+            if int(threads) > 1:
+                pin_apart_from_pinned_threads()  # the caller off its workers' cores (see dlcbench.cpus)
 
     def device(self, target: str, device_id: int = 0):
         """The ``tvm_ffi`` device of ``target`` (``cpu`` or ``cuda``)."""

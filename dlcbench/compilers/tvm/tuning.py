@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dlcbench import jsonio
-from dlcbench.cpus import restore_affinity
+from dlcbench.cpus import pin_apart_from_pinned_threads, restore_affinity
 from dlcbench.config import cache_dir
 from dlcbench.errors import BackendUnavailableError, BadInputError, CompileError, one_line
 
@@ -448,13 +448,28 @@ def _evaluate_on_threads(threads: int, session, rt_mod, device, evaluator_config
     return run_evaluator_common(rt_mod, device, evaluator_config, repeated_args)
 
 
+def _evaluate_apart(rt_mod, device, evaluator_config, repeated_args) -> list[float]:
+    """MetaSchedule's local evaluator, run in its measuring worker with the calling thread on a core of its own.
+
+    The worker's TVM pool pins its threads one per core and leaves the caller free over them; a candidate
+    timed while the caller shared a worker's core ran up to 2x slower (see :mod:`dlcbench.cpus`).
+    """
+    import tvm
+    from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
+
+    tvm.get_global_func("runtime.NumThreads")()  # creates this thread's pool (its workers pinned) if not yet
+    pin_apart_from_pinned_threads()
+    return run_evaluator_common(rt_mod, device, evaluator_config, repeated_args)
+
+
 def _make_runner(config: TuningConfig, threads: int = 1):
     """Where candidates are measured: this machine (``LocalRunner``), or every server of an RPC key at once."""
     from tvm.s_tir import meta_schedule as ms
 
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
     if config.rpc is None:
-        return ms.runner.LocalRunner(timeout_sec=config.builder_timeout_s, evaluator_config=evaluator)
+        return ms.runner.LocalRunner(timeout_sec=config.builder_timeout_s, evaluator_config=evaluator,
+                                     f_run_evaluator=_evaluate_apart if threads > 1 else None)
     from dlcbench.compilers.tvm.rpc import servers_of, tracker_summary
 
     tracker = config.rpc
