@@ -14,7 +14,7 @@ what it measured; ``--resume`` goes on with the points the JSON lacks. A run is 
 resuming from another revision, on another CPU (name, SIMD flags, family and model numbers) or with other settings
 is refused (start again with another ``--out``, or without ``--resume``).
 ``--render`` measures no point: it writes the Markdown and the curves again from the JSON with this checkout's
-rendering and statistics (the ratio's interval is recomputed from the stored round medians). The fp32 peak
+rendering and statistics (the medians, the ratio and their intervals are recomputed from the stored round medians). The fp32 peak
 behind ``% peak`` is measured at every start (run, sitting, or rendering on the run's
 machine), and each thread count keeps its best figure: a measurement taken while the machine was busy reads low
 (render on an idle machine).
@@ -83,6 +83,7 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
         samples[backend] = latency["samples"]
         detail = latency["detail"]
         point[backend] = {"median_ms": latency["value"], "ci_ms": detail["median_ci_ms"],
+                          "pooled_median_ms": detail.get("pooled_median_ms") or latency["value"],
                           "pooled_ci_ms": detail.get("pooled_median_ci_ms") or detail["median_ci_ms"],
                           "count": detail["count"], "region": detail.get("region"),
                           "round_medians_ms": detail.get("round_medians_ms"),
@@ -110,24 +111,31 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
 
 
 def backend_latency(entry: dict) -> dict:
-    """A backend's latency entry with its interval ``ci_ms`` taken over its round medians
-    (:func:`dlcbench.measure.timing.rounds_interval`, hull with the pooled runs' bootstrap, kept as
-    ``pooled_ci_ms``); an entry of one round keeps the bootstrap. ``--render`` rescores old runs with it."""
-    from dlcbench.measure.timing import rounds_interval
+    """A backend's latency entry with its median ``median_ms`` and interval ``ci_ms`` taken over its round medians
+    (:func:`dlcbench.measure.timing.rounds_median`, and :func:`~dlcbench.measure.timing.rounds_interval`, hull with
+    the pooled runs' bootstrap); the pooled runs' figures are kept as ``pooled_median_ms`` and ``pooled_ci_ms``.
+    An entry of one round keeps the pooled figures. ``--render`` rescores old runs with it."""
+    from dlcbench.measure.timing import rounds_interval, rounds_median
 
     pooled_ci = entry.get("pooled_ci_ms") or entry["ci_ms"]
+    pooled_median = entry.get("pooled_median_ms") or entry["median_ms"]
     rounds = entry.get("round_medians_ms") or []
-    ci = rounds_interval(rounds, pooled_ci=pooled_ci) if len(rounds) >= 2 else list(pooled_ci)
-    return {**entry, "ci_ms": ci, "pooled_ci_ms": list(pooled_ci)}
+    if len(rounds) < 2:
+        return {**entry, "median_ms": pooled_median, "ci_ms": list(pooled_ci), "pooled_median_ms": pooled_median,
+                "pooled_ci_ms": list(pooled_ci)}
+    return {**entry, "median_ms": rounds_median(rounds), "ci_ms": rounds_interval(rounds, pooled_ci=pooled_ci),
+            "pooled_median_ms": pooled_median, "pooled_ci_ms": list(pooled_ci)}
 
 
 def point_ratio(point: dict) -> dict:
-    """TVM / ORT latency with its 95 % interval and verdict, from the point's pooled medians and round medians.
+    """TVM / ORT latency with its 95 % interval and verdict, from the point's round medians (pooled medians for a
+    point of one round).
 
-    The interval is :func:`dlcbench.measure.timing.compare_rounds`' (Student's t over the rounds' paired ratios,
-    widened to the pooled runs' bootstrap interval, ``ratio.pooled_ci``, if that is wider). A point measured before
-    the ratio kept ``pooled_ci`` has its bootstrap interval in ``ratio.ci``, so ``--render`` rescores old runs the
-    same way.
+    The ratio is the median of the rounds' paired ratios and the interval
+    :func:`dlcbench.measure.timing.compare_rounds`' (Student's t over those ratios, widened to the pooled runs'
+    bootstrap interval, ``ratio.pooled_ci``, if that is wider); the ratio of the pooled medians is kept as
+    ``pooled_ratio``. A point measured before the ratio kept ``pooled_ci`` has its bootstrap interval in
+    ``ratio.ci``, so ``--render`` rescores old runs the same way.
     """
     from dlcbench.measure.timing import compare_rounds, verdict_of
 
@@ -135,7 +143,9 @@ def point_ratio(point: dict) -> dict:
     pooled_ci = earlier.get("pooled_ci") or earlier.get("ci")
     ort, tvm = point["onnxruntime"], point["tvm"]
     # compare_rounds gives ORT / TVM (>1: TVM faster); the table shows TVM / ORT, so its inverse.
-    pooled = {"speedup": ort["median_ms"] / tvm["median_ms"], "ci": [1 / pooled_ci[1], 1 / pooled_ci[0]]}
+    pooled = {"speedup": (ort.get("pooled_median_ms") or ort["median_ms"]) / (tvm.get("pooled_median_ms")
+                                                                               or tvm["median_ms"]),
+              "ci": [1 / pooled_ci[1], 1 / pooled_ci[0]]}
     rounds = (ort.get("round_medians_ms") or [], tvm.get("round_medians_ms") or [])
     if len(rounds[0]) >= 2 and len(rounds[0]) == len(rounds[1]):
         speed = compare_rounds(*rounds, pooled=pooled)
@@ -143,7 +153,7 @@ def point_ratio(point: dict) -> dict:
         speed = {**pooled, "verdict": verdict_of(*pooled["ci"]), "method": "pooled runs"}
     lo, hi = speed["ci"]
     return {"tvm_over_ort": 1 / speed["speedup"], "ci": [1 / hi, 1 / lo], "verdict": speed["verdict"],
-            "method": speed["method"], "pooled_ci": list(pooled_ci),
+            "method": speed["method"], "pooled_ci": list(pooled_ci), "pooled_ratio": 1 / pooled["speedup"],
             "round_ratios": [t / o for o, t in zip(*rounds)] if rounds[0] else None}
 
 
@@ -371,12 +381,13 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         "from its own fresh database: no point inherits records (the `inherited` column counts them).",
         f"- **Timing**: {args.rounds} interleaved rounds per point (ORT, TVM; then TVM, ORT; ...), each backend in its "
         f"own worker kept alive; at least {args.min_seconds:g} s of timed runs per backend in all, each round longer "
-        "until its median's 95 % bootstrap interval is within +-1 % (capped). Medians in ms with their 95 % interval over "
-        "the rounds (Student's t over the rounds' log medians, widened to the pooled runs' bootstrap interval if "
-        "that is wider), so the machine's drift between rounds counts.",
+        "until its median's 95 % bootstrap interval is within +-1 % (capped). Medians in ms over the rounds (the median "
+        "of the round medians: every round weighs the same, however many runs fitted in it) with their 95 % interval "
+        "over the rounds (Student's t over the rounds' log medians, widened to the pooled runs' bootstrap interval "
+        "if that is wider), so the machine's drift between rounds counts.",
         "- **Ratio** = TVM / ORT latency (<1: TVM faster), with its 95 % interval over the rounds: each round gives one "
-        "paired ratio (the two backends timed back to back, so a drift of the machine's speed cancels), and the "
-        "interval is Student's t over the rounds' log ratios, widened to the pooled runs' bootstrap interval if that "
+        "paired ratio (the two backends timed back to back, so a drift of the machine's speed cancels); the ratio is "
+        "their median and the interval Student's t over the rounds' log ratios, widened to the pooled runs' bootstrap interval if that "
         "is wider. The verdict is read from the interval. `round spread` is (max - min round median) / median, "
         "ORT/TVM, in percent.",
         "- **Parity min**: minutes of tuning until the tuning curve, scaled to the measured tuned latency, reaches "

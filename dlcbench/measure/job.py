@@ -25,7 +25,8 @@ from dlcbench.compilers.base import REGIONS
 from dlcbench.models.export import names_a_file
 from dlcbench.errors import BadInputError, one_line
 from dlcbench.measure.check import check_outputs, check_override_outputs, join_batches, parse_tolerance_overrides
-from dlcbench.measure.timing import TimingConfig, ci_target_met, measure, rounds_interval, statistics
+from dlcbench.measure.timing import (TimingConfig, ci_target_met, measure, rounds_interval, rounds_median,
+                                     statistics)
 
 #: What ``--region`` accepts: one timed region, or ``both`` in one job.
 REGION_CHOICES = (*REGIONS, "both")
@@ -346,11 +347,14 @@ def round_timing(timing: TimingConfig, rounds: int) -> TimingConfig:
 def pool_rounds(rounds: list[list[dict[str, Any]]], timing: TimingConfig, batch: int) -> list[dict[str, Any]]:
     """One timing per region from the rounds of :meth:`OpenJob.time_round` (each a list of region timings).
 
-    One round is returned as it is. Several are pooled: every sample counts in the median; its interval
-    ``median_ci_ms`` is taken over the rounds (:func:`~dlcbench.measure.timing.rounds_interval`, the pooled runs'
-    bootstrap kept as ``pooled_median_ci_ms``), and whether the interval target was met is read from it;
+    One round is returned as it is. Several are pooled: every sample is kept and the run statistics (percentiles,
+    spread, mean) are over all of them, but the median is the median of the round medians
+    (:func:`~dlcbench.measure.timing.rounds_median`: every round weighs the same; the pooled runs' median, which
+    weighs a round by how many runs fitted in its time, is kept as ``pooled_median_ms``) and its interval
+    ``median_ci_ms`` is taken over the rounds (:func:`~dlcbench.measure.timing.rounds_interval`, the pooled
+    runs' bootstrap kept as ``pooled_median_ci_ms``); whether the interval target was met is read from them.
     ``rounds`` lists each round's median, count and interval, and ``stats["round_spread"]`` is
-    (largest - smallest round median) / pooled median, the drift between rounds.
+    (largest - smallest round median) / median, the drift between rounds.
     """
     if not rounds:
         raise BadInputError("no timed round to report")
@@ -362,6 +366,9 @@ def pool_rounds(rounds: list[list[dict[str, Any]]], timing: TimingConfig, batch:
         samples = [s for part in parts for s in part["samples_s"]]
         stats = statistics(samples, batch)
         medians = [p["stats"]["median_ms"] for p in parts]
+        stats["pooled_median_ms"] = stats["median_ms"]
+        stats["median_ms"] = rounds_median(medians)
+        stats["throughput_per_s"] = batch / (stats["median_ms"] / 1e3)
         stats["pooled_median_ci_ms"] = stats["median_ci_ms"]
         stats["median_ci_ms"] = rounds_interval(medians, pooled_ci=stats["pooled_median_ci_ms"])
         stats["ci_target"] = timing.ci_target or None

@@ -16,7 +16,7 @@ from dlcbench.errors import one_line
 
 #: Key statistics of a timing kept in a latency metric's ``detail`` (the rest stays in result.json).
 TIMING_DETAIL = ("count", "min_ms", "mean_ms", "std_ms", "cv", "p10_ms", "p90_ms", "p95_ms", "p99_ms", "mad_ms",
-                 "spread", "median_ci_ms", "pooled_median_ci_ms", "ci_target", "ci_target_met", "throughput_per_s",
+                 "spread", "median_ci_ms", "pooled_median_ms", "pooled_median_ci_ms", "ci_target", "ci_target_met", "throughput_per_s",
                  "unstable", "round_spread")
 
 

@@ -142,7 +142,7 @@ def plot_latency(rows, path: Path) -> None:
                 if samples is None:
                     meds.append(np.nan), lo.append(0), hi.append(0)
                     continue
-                med = float(np.median(samples))
+                med = float(latency.get("value") or np.median(samples))  # over the rounds, if timed in rounds
                 meds.append(med), lo.append(med - np.percentile(samples, 10)), hi.append(np.percentile(samples, 90) - med)
             x = np.arange(len(models)) + i * width
             ax.bar(x, meds, width, yerr=[lo, hi], capsize=3, label=backend)

@@ -9,7 +9,8 @@ import pytest
 
 from dlcbench.errors import BadInputError
 from dlcbench.measure.timing import (FASTER, NO_DIFFERENCE, SLOWER, TimingConfig, bootstrap_medians, compare_medians,
-                                     compare_rounds, measure, median_interval, rounds_interval, statistics)
+                                     compare_rounds, measure, median_interval, rounds_interval, rounds_median,
+                                     statistics)
 
 
 def test_fast_bootstrap_matches_resampling_by_hand():
@@ -154,7 +155,8 @@ def test_paired_rounds_cover_the_truth_where_pooled_runs_do_not():
         pooled_cover += pooled["ci"][0] <= 1 <= pooled["ci"][1]
         paired_cover += paired["ci"][0] <= 1 <= paired["ci"][1]
         assert paired["ci"][0] <= pooled["ci"][0] and paired["ci"][1] >= pooled["ci"][1]  # the hull of both
-        assert paired["speedup"] == pooled["speedup"] and paired["method"] == "paired rounds"
+        assert paired["pooled_speedup"] == pooled["speedup"] and paired["method"] == "paired rounds"
+        assert paired["speedup"] == pytest.approx(rounds_median(paired["round_speedups"]))
     assert paired_cover / trials >= 0.9
     assert pooled_cover / trials < 0.75  # a "95 %" interval
 
@@ -202,3 +204,24 @@ def test_one_latency_over_drifting_rounds_is_covered_by_the_rounds_interval():
 def test_rounds_interval_refuses_what_it_cannot_use(medians, words):
     with pytest.raises(BadInputError, match=words):
         rounds_interval(medians)
+
+
+def test_rounds_median_weighs_every_round_the_same_and_inverts():
+    assert rounds_median([1.0, 1.0, 2.0]) == pytest.approx(1.0)  # one round off does not move it
+    assert rounds_median([1.0, 4.0]) == pytest.approx(2.0)  # even count: geometric mean of the middle two
+    ratios = np.random.default_rng(4).lognormal(0, 0.5, 8)
+    assert rounds_median(1 / ratios) == pytest.approx(1 / rounds_median(ratios))
+    for bad in ([], [1.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(BadInputError):
+            rounds_median(bad)
+
+
+def test_paired_speedup_is_the_rounds_median_not_the_pooled_runs():
+    """Rounds are timed for a while, not for a count: six slow rounds of a few runs each and two fast ones of
+    hundreds gave a pooled ratio at the fast rounds' (1.27x) while six of eight rounds said 147x."""
+    slow, fast = [18.0] * 6, [0.2, 0.13]
+    ort = [0.122] * 8
+    result = compare_rounds(ort, slow[:3] + fast[:1] + slow[3:] + fast[1:], pooled={"speedup": 1 / 1.27,
+                                                                                    "ci": [1 / 278, 1 / 1.19]})
+    assert 1 / result["speedup"] == pytest.approx(18.0 / 0.122)
+    assert result["pooled_speedup"] == pytest.approx(1 / 1.27) and result["verdict"] == SLOWER

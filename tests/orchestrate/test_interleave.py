@@ -46,6 +46,14 @@ def test_pool_rounds_keeps_every_sample_and_each_round_median():
     steady = [_round(list(rng.normal(1e-3, 1e-5, 50))) for _ in range(4)]
     quiet, = pool_rounds(steady, TimingConfig(ci_target=0.01), batch=1)
     assert quiet["stats"]["ci_target_met"] is True  # rounds that agree keep a tight interval
+    # Rounds timed for a while, not for a count: six slow rounds of a few runs and two fast ones of hundreds.
+    # The median is over the rounds (each weighs the same); the pooled runs' median, kept, follows the fast two.
+    uneven = [_round(list(rng.normal(18e-3, 1e-5, 5))) for _ in range(6)] + \
+        [_round(list(rng.normal(0.13e-3, 1e-6, 500))) for _ in range(2)]
+    skewed, = pool_rounds(uneven, TimingConfig(ci_target=0.01), batch=8)
+    assert skewed["stats"]["median_ms"] == pytest.approx(18.0, rel=0.01)
+    assert skewed["stats"]["pooled_median_ms"] == pytest.approx(0.13, rel=0.05)
+    assert skewed["stats"]["throughput_per_s"] == pytest.approx(8 / 18e-3, rel=0.01)
     single = _round([1e-3, 2e-3])
     assert pool_rounds([single], TimingConfig(), 1) == single
     with pytest.raises(BadInputError):
@@ -88,7 +96,7 @@ def test_interleaved_rounds_absorb_drift_in_one_round(tmp_path, monkeypatch, tin
     assert len(drifting) == 5 and len(latency["onnxruntime"]["detail"]["round_medians_ms"]) == 5
     clean = drifting[:2] + drifting[3:]
     assert drifting[2] > 2 + max(clean)  # the slow round really was slow (2 ms of sleep a call)
-    assert latency["drifting"]["value"] < 1.5 * float(np.median(clean))  # ...and the pooled median absorbed it
+    assert latency["drifting"]["value"] < 1.5 * float(np.median(clean))  # ...and the median over the rounds absorbed it
     assert latency["drifting"]["detail"]["round_spread"] > 10
     assert latency["onnxruntime"]["detail"]["round_spread"] < 10
     rounds = [line for line in lines if "round " in line]
