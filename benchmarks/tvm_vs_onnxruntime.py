@@ -88,6 +88,8 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
                           "count": detail["count"], "region": detail.get("region"),
                           "round_medians_ms": detail.get("round_medians_ms"),
                           "round_spread": detail.get("round_spread"),
+                          "machine_load": detail.get("machine_load"),
+                          "round_machine_load": detail.get("round_machine_load"),
                           "ci_target_met": detail.get("ci_target_met")}
         if backend == "tvm":
             tuning = (row["manifest"].get("extra") or {}).get("tuning") or {}
@@ -155,6 +157,32 @@ def point_ratio(point: dict) -> dict:
     return {"tvm_over_ort": 1 / speed["speedup"], "ci": [1 / hi, 1 / lo], "verdict": speed["verdict"],
             "method": speed["method"], "pooled_ci": list(pooled_ci), "pooled_ratio": 1 / pooled["speedup"],
             "round_ratios": [t / o for o, t in zip(*rounds)] if rounds[0] else None}
+
+
+LOAD_FLAG_PCT = 10  # a round in which others (processes, hypervisor) took more of the machine is named
+
+
+def load_lines(points: list[dict]) -> list[str]:
+    """What else the machine did while the points were timed: the largest share of its CPU time that other
+    processes and the hypervisor took in one round, and the rounds where that passed :data:`LOAD_FLAG_PCT`."""
+    recorded = [p for p in points if any((p.get(b) or {}).get("machine_load") for b in BACKENDS)]
+    if not recorded:
+        return ["Machine load during the rounds: not recorded (points timed before dlcbench recorded it)."]
+    worst_others = max(p[b]["machine_load"]["others_cpu_pct"] for p in recorded for b in BACKENDS
+                       if (p.get(b) or {}).get("machine_load"))
+    worst_steal = max(p[b]["machine_load"]["steal_pct"] for p in recorded for b in BACKENDS
+                      if (p.get(b) or {}).get("machine_load"))
+    flagged = []
+    for p in recorded:
+        for b in BACKENDS:
+            for i, load in enumerate((p.get(b) or {}).get("round_machine_load") or []):
+                if load and load["others_cpu_pct"] + load["steal_pct"] > LOAD_FLAG_PCT:
+                    flagged.append(f"{p['model']} t{p['threads']} b{p['batch']} {b} round {i + 1} "
+                                   f"({load['others_cpu_pct']:.0f} % others, {load['steal_pct']:.0f} % steal)")
+    return [f"Machine load during the rounds ({len(recorded)} of {len(points)} points recorded it): other processes "
+            f"took at most {worst_others:.0f} % of the machine's CPU time in a round, the hypervisor at most "
+            f"{worst_steal:.0f} %; " + ("rounds above " f"{LOAD_FLAG_PCT} %: " + "; ".join(flagged) + "."
+                                         if flagged else f"no round above {LOAD_FLAG_PCT} %.")]
 
 
 def scaled_curve(point: dict) -> list[tuple[float, float]]:
@@ -409,6 +437,7 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
             f"{ratio(p)} | {verdict(p)} | {tuning.get('seconds') or 0:.0f} | {tuning.get('new_trials', 0)} | "
             f"{tuning.get('inherited_records', '-')} | {parity(p)} | "
             f"{peak_share(p, 'onnxruntime')}/{peak_share(p, 'tvm')} | {spread(p)} |")
+    lines += ["", *load_lines(points)]
     lines += ["", "## Against the targets", "",
               f"The targets of issue #15 over the {len(points)} points measured so far. A ratio bound is met when the "
               "ratio's whole 95 % interval is at or below it, not ruled out when only the interval's lower end is.",

@@ -25,6 +25,7 @@ from dlcbench.compilers.base import REGIONS
 from dlcbench.models.export import names_a_file
 from dlcbench.errors import BadInputError, one_line
 from dlcbench.measure.check import check_outputs, check_override_outputs, join_batches, parse_tolerance_overrides
+from dlcbench.measure.machine import cpu_snapshot, machine_load, worst_load
 from dlcbench.measure.timing import (TimingConfig, ci_target_met, measure, rounds_interval, rounds_median,
                                      statistics)
 
@@ -353,8 +354,9 @@ def pool_rounds(rounds: list[list[dict[str, Any]]], timing: TimingConfig, batch:
     weighs a round by how many runs fitted in its time, is kept as ``pooled_median_ms``) and its interval
     ``median_ci_ms`` is taken over the rounds (:func:`~dlcbench.measure.timing.rounds_interval`, the pooled
     runs' bootstrap kept as ``pooled_median_ci_ms``); whether the interval target was met is read from them.
-    ``rounds`` lists each round's median, count and interval, and ``stats["round_spread"]`` is
-    (largest - smallest round median) / median, the drift between rounds.
+    ``rounds`` lists each round's median, count, interval and machine load, ``stats["round_spread"]`` is
+    (largest - smallest round median) / median, the drift between rounds, and ``stats["machine_load"]`` the
+    largest load over the rounds (:func:`dlcbench.measure.machine.worst_load`).
     """
     if not rounds:
         raise BadInputError("no timed round to report")
@@ -374,11 +376,17 @@ def pool_rounds(rounds: list[list[dict[str, Any]]], timing: TimingConfig, batch:
         stats["ci_target"] = timing.ci_target or None
         stats["ci_target_met"] = ci_target_met(stats, timing.ci_target) if timing.ci_target else None
         stats["round_spread"] = (max(medians) - min(medians)) / stats["median_ms"] if stats["median_ms"] > 0 else 0.0
+        load = worst_load([p["stats"].get("machine_load") for p in parts])
+        if load:
+            stats["machine_load"] = load
         entry = {key: value for key, value in first.items() if key not in ("samples_s", "warmup_runs", "stats")}
         pooled.append({**entry, "samples_s": samples, "warmup_runs": sum(p["warmup_runs"] for p in parts),
                        "stats": stats,
                        "rounds": [{"round": i + 1, "median_ms": p["stats"]["median_ms"], "count": p["stats"]["count"],
-                                   "median_ci_ms": p["stats"].get("median_ci_ms")} for i, p in enumerate(parts)]})
+                                   "median_ci_ms": p["stats"].get("median_ci_ms"),
+                                   **({"machine_load": p["stats"]["machine_load"]}
+                                      if p["stats"].get("machine_load") else {})}
+                                  for i, p in enumerate(parts)]})
     return pooled
 
 
@@ -411,9 +419,14 @@ def time_regions(session, inputs: dict[str, Any], region: str, timing: TimingCon
     for name in wanted:
         if name == "resident":
             session.prepare(inputs)
+            before = cpu_snapshot()
             result = measure(session.run_prepared, timing, batch=batch)
         else:
+            before = cpu_snapshot()
             result = measure(lambda: session.run(inputs), timing, batch=batch)
+        load = machine_load(before, cpu_snapshot())
+        if load:
+            result.stats["machine_load"] = load
         cpus = current_cpus()  # where it ran: a thread pinned by its backend shows here
         timings.append({**result.to_dict(), "region": name, **note, **({"cpus": sorted(cpus)} if cpus else {})})
     return timings
@@ -518,4 +531,7 @@ def _spread_text(stats: dict) -> str:
 
     spread = f"(p90-p10)/median {stats['spread'] * 100:.1f}%, " if "spread" in stats else ""
     flag = f"; UNSTABLE (spread above {SPREAD_FLAG * 100:g}%)" if stats["unstable"] else ""
-    return f"spread    {spread}cv (std/mean) {stats['cv'] * 100:.1f}%{flag}"
+    load = stats.get("machine_load")
+    busy = (f"; meanwhile other processes used {load['others_cpu_pct']:.0f}% of the machine's CPU time and the "
+            f"hypervisor took {load['steal_pct']:.0f}%" if load else "")
+    return f"spread    {spread}cv (std/mean) {stats['cv'] * 100:.1f}%{flag}{busy}"

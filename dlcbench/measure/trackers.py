@@ -16,7 +16,7 @@ from dlcbench.errors import one_line
 
 #: Key statistics of a timing kept in a latency metric's ``detail`` (the rest stays in result.json).
 TIMING_DETAIL = ("count", "min_ms", "mean_ms", "std_ms", "cv", "p10_ms", "p90_ms", "p95_ms", "p99_ms", "mad_ms",
-                 "spread", "median_ci_ms", "pooled_median_ms", "pooled_median_ci_ms", "ci_target", "ci_target_met", "throughput_per_s",
+                 "spread", "median_ci_ms", "pooled_median_ms", "pooled_median_ci_ms", "machine_load", "ci_target", "ci_target_met", "throughput_per_s",
                  "unstable", "round_spread")
 
 
@@ -127,6 +127,8 @@ def _host_latency_of(region: str) -> Callable[[dict[str, Any]], list[Metric]]:
                     extra["region_note"] = timing["region_note"]
                 if timing.get("rounds"):  # interleaved: each round's median, in the order they ran
                     extra["round_medians_ms"] = [r["median_ms"] for r in timing["rounds"]]
+                    if any(r.get("machine_load") for r in timing["rounds"]):
+                        extra["round_machine_load"] = [r.get("machine_load") for r in timing["rounds"]]
                 metrics.append(latency_metric(REGION_METRICS[region], timing["samples_s"], timing["stats"],
                                               clock="host", warmup_runs=timing.get("warmup_runs"), **extra))
         return metrics

@@ -35,6 +35,13 @@ def test_pool_rounds_keeps_every_sample_and_each_round_median():
     assert medians[2] == pytest.approx(2 * medians[0], rel=0.05)
     assert pooled["stats"]["round_spread"] == pytest.approx((max(medians) - min(medians)) / pooled["stats"]["median_ms"])
     assert pooled["stats"]["ci_target"] == 0.01 and pooled["stats"]["ci_target_met"] in (True, False)
+    assert "machine_load" not in pooled["stats"]  # these rounds recorded none
+    loaded = [[{**r[0], "stats": {**r[0]["stats"], "machine_load": {"others_cpu_pct": busy, "steal_pct": 1.0,
+                                                                     "seconds": 1.0}}}] for r, busy in
+              zip(rounds, (2.0, 60.0, 5.0))]
+    worst, = pool_rounds(loaded, TimingConfig(), batch=1)
+    assert worst["stats"]["machine_load"] == {"others_cpu_pct": 60.0, "steal_pct": 1.0, "seconds": 3.0}
+    assert [r["machine_load"]["others_cpu_pct"] for r in worst["rounds"]] == [2.0, 60.0, 5.0]
     # The pooled median follows the two rounds that agree, not the drifted one.
     assert pooled["stats"]["median_ms"] < 1.1 * medians[0]
     # Its interval is over the rounds: the pooled runs' bootstrap (kept) is far narrower than the drift, and the
@@ -98,6 +105,8 @@ def test_interleaved_rounds_absorb_drift_in_one_round(tmp_path, monkeypatch, tin
     assert drifting[2] > 2 + max(clean)  # the slow round really was slow (2 ms of sleep a call)
     assert latency["drifting"]["value"] < 1.5 * float(np.median(clean))  # ...and the median over the rounds absorbed it
     assert latency["drifting"]["detail"]["round_spread"] > 10
+    loads = latency["drifting"]["detail"]["round_machine_load"]  # what else the machine did in each round
+    assert len(loads) == 5 and all(0 <= load["others_cpu_pct"] <= 100 and load["seconds"] > 0 for load in loads)
     assert latency["onnxruntime"]["detail"]["round_spread"] < 10
     rounds = [line for line in lines if "round " in line]
     assert rounds[0].index("onnxruntime") < rounds[0].index("drifting")  # A B, then B A

@@ -208,3 +208,18 @@ def test_trial_cost_splits_the_first_pass_from_later_thirds():
     found = module.trial_cost({"tuning": {"curve": curve}})
     assert found["first_pass"] == pytest.approx(12 / 32) and found["later"] == pytest.approx([1.0, 2.0, 0.5])
     assert module.trial_cost({"tuning": {"curve": curve[:4]}})["later"] == []
+
+
+def test_rounds_where_the_machine_was_busy_are_named():
+    module = _module()
+    busy = {"others_cpu_pct": 45.0, "steal_pct": 3.0, "seconds": 1.0}
+    quiet = {"others_cpu_pct": 1.0, "steal_pct": 2.0, "seconds": 1.0}
+    points = [{"model": "mlp", "threads": 2, "batch": 8,
+               "onnxruntime": {"machine_load": quiet, "round_machine_load": [quiet, quiet]},
+               "tvm": {"machine_load": busy, "round_machine_load": [quiet, busy]}},
+              {"model": "cnn", "threads": 1, "batch": 1, "onnxruntime": {}, "tvm": {}}]
+    [line] = module.load_lines(points)
+    assert "1 of 2 points" in line and "at most 45 %" in line and "at most 3 %" in line
+    assert "mlp t2 b8 tvm round 2 (45 % others, 3 % steal)" in line and "onnxruntime round" not in line
+    [old] = module.load_lines(points[1:])
+    assert "not recorded" in old
