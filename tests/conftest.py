@@ -115,13 +115,21 @@ SLOW_PARAMETRIZED = {"test_adapter_matches_reference", "test_artifact_reloads_in
 
 
 def pytest_collection_modifyitems(config, items):
+    """Marks the slow tests, then runs the modules with the most slow tests first (the order within a module is
+    kept): the two xdist workers take whole modules in this order, and a heavy module left for last ran alone
+    while the other worker idled."""
+    slow_in_module: dict[str, int] = {}
     for item in items:
         name = getattr(item, "originalname", item.name)
         params = item.callspec.params.values() if hasattr(item, "callspec") else ()
         heavy_param = any(str(p) in SLOW_BACKENDS or str(p) in ("resnet50", "mobilenetv2") for p in params)
+        module = item.nodeid.split("::", 1)[0]
+        slow_in_module.setdefault(module, 0)
         if (name in SLOW_TESTS or "tests/stage/" in item.nodeid or "test_tvm_cuda_probe" in item.nodeid
                 or (name in SLOW_PARAMETRIZED and heavy_param)):
             item.add_marker(pytest.mark.slow)
+            slow_in_module[module] += 1
+    items.sort(key=lambda item: -slow_in_module[item.nodeid.split("::", 1)[0]])  # stable: same order within ties
 
 
 def pytest_terminal_summary(terminalreporter):
