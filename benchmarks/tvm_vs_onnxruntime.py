@@ -175,7 +175,9 @@ def load_lines(points: list[dict]) -> list[str]:
     flagged = []
     for p in recorded:
         for b in BACKENDS:
-            for i, load in enumerate((p.get(b) or {}).get("round_machine_load") or []):
+            entry = p.get(b) or {}
+            loads = entry.get("round_machine_load") or [entry.get("machine_load")]  # one round: its own load
+            for i, load in enumerate(loads):
                 if load and load["others_cpu_pct"] + load["steal_pct"] > LOAD_FLAG_PCT:
                     flagged.append(f"{p['model']} t{p['threads']} b{p['batch']} {b} round {i + 1} "
                                    f"({load['others_cpu_pct']:.0f} % others, {load['steal_pct']:.0f} % steal)")
@@ -572,6 +574,9 @@ def write_run(points: list[dict], args, env: dict, seconds: float, argv: list[st
     """Writes the run so far (Markdown, JSON, the curves' PNG when matplotlib is there); returns the Markdown."""
     points = [{**p, **{b: backend_latency(p[b]) for b in BACKENDS if p.get(b)},
                **({"ratio": point_ratio(p)} if p.get("ratio") else {})} for p in points]
+    # The medians may have been rescored: parity is read against them.
+    points = [{**p, "parity": time_to_parity(p)} if p.get("parity") and p.get("onnxruntime") and p.get("tvm") else p
+              for p in points]
     text = render(points, args, env, seconds, argv, sessions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

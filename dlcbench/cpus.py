@@ -75,7 +75,7 @@ def pin_apart_from_pinned_threads() -> int | None:
     A thread pinned to one CPU (a TVM pool worker) owns that CPU; the caller takes the lowest one left. Workers
     of other pools in the process (a pool belongs to an OS thread and outlives it) count as owners too, so
     with several pools every CPU may be taken. Returns that CPU, or None when nothing changed: off Linux, the
-    caller already on one CPU, or every CPU taken (the caller then keeps its affinity).
+    caller already on one CPU, no other thread pinned, or every CPU taken (the caller then keeps its affinity).
     """
     getter, setter = getattr(os, "sched_getaffinity", None), getattr(os, "sched_setaffinity", None)
     if getter is None or setter is None:
@@ -99,7 +99,7 @@ def pin_apart_from_pinned_threads() -> int | None:
         if len(theirs) == 1:
             taken |= theirs
     free = sorted(mine - taken)
-    if not free:
+    if not taken or not free:  # nothing pinned (TVM_BIND_THREADS=0, more workers than cores), or nothing left
         return None
     try:
         setter(0, {free[0]})

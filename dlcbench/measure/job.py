@@ -20,7 +20,7 @@ import numpy as np
 
 from dlcbench import jsonio
 from dlcbench.config import positive_int
-from dlcbench.cpus import current_cpus
+from dlcbench.cpus import current_cpus, restore_affinity
 from dlcbench.compilers.base import REGIONS
 from dlcbench.models.export import names_a_file
 from dlcbench.errors import BadInputError, one_line
@@ -283,6 +283,7 @@ def open_job(config: JobConfig, progress=None) -> Iterator[OpenJob]:
     from dlcbench.outputs import check_replaceable, staged_output
 
     say = progress or (lambda message: None)
+    restore_affinity()  # an earlier job in this process may have left this thread on one core (TVM's pool)
     adapter = get_adapter(config.backend)
     adapter.require_available()
     if config.prebuilt:  # built elsewhere with its own options (the manifest has them)

@@ -132,10 +132,13 @@ def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
     which counts the drift between rounds as the uncertainty it is; :func:`compare_medians` resamples the pooled
     runs as if independent, and on a machine whose speed wanders over seconds it gives intervals many times too
     narrow. With ``pooled`` (that function's result on the same runs) the interval is the hull of both, never
-    narrower than the runs' own noise. ``speedup`` is the median of the rounds' ratios (:func:`rounds_median`):
-    every round weighs the same. The ratio of the pooled medians (``pooled_speedup``) weighs each round by its
-    count of runs, and a round is timed for a while, not for a count: rounds in which a backend ran slowly
-    held few runs and hardly moved it (six rounds of eight at 147x gave a pooled 1.27x).
+    narrower than the runs' own noise.
+
+    ``speedup`` is the median of the rounds' ratios (:func:`rounds_median`): every round weighs the same. The
+    interval always holds it (the t interval is centred on the ratios' geometric mean, and skewed rounds can
+    leave the median outside it). The ratio of the pooled medians (``pooled_speedup``) weighs each round by its
+    count of runs, and a round is timed for a while, not for a count: rounds in which a backend ran slowly held
+    few runs and hardly moved it (six rounds of eight at 147x gave a pooled 1.27x).
 
     Args:
         baseline_rounds: The baseline's median latency in each round.
@@ -160,12 +163,14 @@ def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
     logs = np.log(base / cand)
     n = logs.size
     _, lo, hi = _geometric_t_interval(logs, level)
+    speedup = rounds_median(base / cand)
     extra = {}
     if pooled is not None:
         lo, hi = _hull([lo, hi], pooled.get("ci"))
         extra = {"pooled_speedup": float(pooled["speedup"])}
+    lo, hi = _hull([lo, hi], [speedup, speedup])  # skewed rounds can put the median outside the t interval
     verdict = verdict_of(lo, hi)
-    return {"speedup": rounds_median(base / cand), "ci": [lo, hi], "verdict": verdict, "method": "paired rounds",
+    return {"speedup": speedup, "ci": [lo, hi], "verdict": verdict, "method": "paired rounds",
             "rounds": n, "round_speedups": [float(v) for v in base / cand], **extra}
 
 
@@ -198,7 +203,8 @@ def rounds_interval(round_medians, level: float = 0.95, pooled_ci=None) -> list[
     """Interval of one latency timed in several rounds (interleaved with other backends): Student's t over the
     rounds' log medians, so the machine's drift between rounds counts as uncertainty (the pooled runs'
     bootstrap, :func:`median_interval`, treats them as independent and is too narrow on a drifting machine).
-    With ``pooled_ci`` (that bootstrap) the result is the hull of both.
+    With ``pooled_ci`` (that bootstrap) the result is the hull of both; it always holds the rounds' median
+    (:func:`rounds_median`, the job's median).
 
     Raises:
         BadInputError: fewer than two rounds, or a median that is not finite and positive.
@@ -209,7 +215,8 @@ def rounds_interval(round_medians, level: float = 0.95, pooled_ci=None) -> list[
     if not (np.all(np.isfinite(medians)) and np.all(medians > 0)):
         raise BadInputError("round medians must be finite and positive")
     _, lo, hi = _geometric_t_interval(np.log(medians), level)
-    return _hull([lo, hi], pooled_ci)
+    median = rounds_median(medians)
+    return _hull(_hull([lo, hi], pooled_ci), [median, median])
 
 
 def _hull(interval: list[float], other) -> list[float]:

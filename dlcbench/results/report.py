@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from dlcbench.errors import BadInputError
-from dlcbench.measure.timing import NO_DIFFERENCE, SPREAD_FLAG, compare_medians, compare_rounds, statistics
+from dlcbench.measure.timing import (NO_DIFFERENCE, SPREAD_FLAG, compare_medians, compare_rounds, statistics,
+                                     verdict_of)
 from dlcbench.measure.trackers import REGION_METRICS, UNRECORDED, metric_of, metric_region, region_latency, value_of
 from dlcbench.outputs import OutputKind, Owned, staged_output
 from dlcbench.results.store import ResultsStore
@@ -143,7 +144,9 @@ def plot_latency(rows, path: Path) -> None:
                     meds.append(np.nan), lo.append(0), hi.append(0)
                     continue
                 med = float(latency.get("value") or np.median(samples))  # over the rounds, if timed in rounds
-                meds.append(med), lo.append(med - np.percentile(samples, 10)), hi.append(np.percentile(samples, 90) - med)
+                # The whiskers are the pooled runs' p10-p90, which a median over skewed rounds can lie outside.
+                meds.append(med), lo.append(max(0.0, med - np.percentile(samples, 10)))
+                hi.append(max(0.0, np.percentile(samples, 90) - med))
             x = np.arange(len(models)) + i * width
             ax.bar(x, meds, width, yerr=[lo, hi], capsize=3, label=backend)
         ax.set_xticks(np.arange(len(models)) + width * (len(backends) - 1) / 2, models)
@@ -161,8 +164,8 @@ def speedup_comparisons(rows, baseline: str) -> list[dict[str, Any]]:
     with GPU rows only) and machine, and the same thread count when both run on the CPU.
 
     Each comparison: ``model``, ``batch``, ``threads`` (the CPU side's; None for two GPU rows), ``backend``,
-    ``speedup`` (baseline median / backend median, >1 = faster), ``ci`` (its 95 % interval; None without stored
-    samples), ``verdict`` (``faster``, ``slower``, ``no significant difference``, or ``no samples``) and ``method``.
+    ``speedup`` (baseline median / backend median, >1 = faster; for rows timed in the same interleaved rounds, the
+    median of the rounds' paired ratios), ``ci`` (its 95 % interval, which holds it; None without stored samples), ``verdict`` (``faster``, ``slower``, ``no significant difference``, or ``no samples``) and ``method``.
     Rows timed in the same interleaved rounds get :func:`~dlcbench.measure.timing.compare_rounds`' interval
     (``paired rounds``: the drift between rounds counts); others the bootstrap of their pooled runs
     (``pooled runs``), which holds only on a machine whose speed did not drift.
@@ -192,6 +195,10 @@ def speedup_comparisons(rows, baseline: str) -> list[dict[str, Any]]:
                 if paired:
                     result = compare_rounds(*paired, pooled=result)
                     del result["round_speedups"]
+                else:  # the ratio of the medians shown (over its rounds, for a row timed in rounds)
+                    speedup = value_of(base, "latency") / value_of(row, "latency")
+                    lo, hi = min(result["ci"][0], speedup), max(result["ci"][1], speedup)
+                    result = {**result, "speedup": speedup, "ci": [lo, hi], "verdict": verdict_of(lo, hi)}
             else:
                 result = {"speedup": value_of(base, "latency") / value_of(row, "latency"), "ci": None,
                           "verdict": "no samples", "method": None}
@@ -374,7 +381,7 @@ def _speedup_lines(rows, baseline: str) -> list[str]:
     lines = [f"## Speedups relative to {baseline}" + (f", {REGION_TITLES.get(region, region)}" if region else ""), "",
              "Ratio of median latencies (>1 = faster than the baseline) with its 95 % interval; the verdict is read "
              "from the interval (it must exclude 1). `paired rounds`: both were timed in the same interleaved rounds, "
-             "and the interval (Student's t over the rounds' ratios, widened to the pooled runs' bootstrap if that is "
+             "the speedup is the median of the rounds' ratios, and the interval (Student's t over the rounds' ratios, widened to the pooled runs' bootstrap if that is "
              "wider) counts the machine's drift between rounds; `pooled runs`: a bootstrap of all runs as if "
              "independent, which understates the uncertainty on a machine whose speed drifts (time with `compare --interleave K`)."
              + (" CPU rows from different machines are never compared: each machine has its own rows." if machines

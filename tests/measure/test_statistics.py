@@ -225,3 +225,12 @@ def test_paired_speedup_is_the_rounds_median_not_the_pooled_runs():
                                                                                     "ci": [1 / 278, 1 / 1.19]})
     assert 1 / result["speedup"] == pytest.approx(18.0 / 0.122)
     assert result["pooled_speedup"] == pytest.approx(1 / 1.27) and result["verdict"] == SLOWER
+
+
+def test_an_interval_over_skewed_rounds_still_holds_their_median():
+    # Five rounds at 1.02 and four at 0.8: the t interval around the geometric mean ends below the median.
+    ratios = [1.02] * 5 + [0.8] * 4
+    result = compare_rounds(ratios, [1.0] * 9)
+    assert result["speedup"] == pytest.approx(1.02) and result["ci"][0] <= 1.02 <= result["ci"][1]
+    lo, hi = rounds_interval(ratios)
+    assert lo <= rounds_median(ratios) <= hi

@@ -89,22 +89,25 @@ def test_the_caller_takes_a_cpu_no_pinned_thread_holds_and_keeps_its_cpus_when_a
             os.sched_setaffinity(0, cpu_set)
             ready.set()
             done.wait()
-        holders = [threading.Thread(target=hold, args=({cpus[-1]},))]
+        alone = pin_apart_from_pinned_threads()  # no thread pinned: nothing to keep apart from
+        after_alone = sorted(current_cpus())
+        holders = [threading.Thread(target=hold, args=({cpus[0]},))]
         holders[0].start(); ready.wait()
         first = pin_apart_from_pinned_threads()
         after_first = sorted(current_cpus())
         os.sched_setaffinity(0, set(cpus))
-        for cpu in cpus[:-1]:  # now every CPU is held by a thread of its own
+        for cpu in cpus[1:]:  # now every CPU is held by a thread of its own
             ready.clear()
             holders.append(threading.Thread(target=hold, args=({cpu},)))
             holders[-1].start(); ready.wait()
         second = pin_apart_from_pinned_threads()
         after_second = sorted(current_cpus())
         done.set()
-        print(json.dumps({"cpus": cpus, "first": first, "after_first": after_first, "second": second,
-                          "after_second": after_second}))
+        print(json.dumps({"cpus": cpus, "alone": alone, "after_alone": after_alone, "first": first,
+                          "after_first": after_first, "second": second, "after_second": after_second}))
     """)
-    assert seen["first"] == seen["cpus"][0] and seen["after_first"] == [seen["cpus"][0]]
+    assert seen["alone"] is None and seen["after_alone"] == seen["cpus"]
+    assert seen["first"] == seen["cpus"][1] and seen["after_first"] == [seen["cpus"][1]]  # the holder has the 1st
     assert seen["second"] is None and seen["after_second"] == seen["cpus"]
 
 

@@ -49,6 +49,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dlcbench.cpus import restore_affinity, worker_env
 from dlcbench.errors import BadInputError, CompileError, DlcbenchError, one_line
 
 ROUND_FORMAT = "dlcbench-tuning-round/1"
@@ -256,7 +257,6 @@ def _export_round(model, target_dict, database_dir, trials_per_task, out_dir, sa
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     from dlcbench.compilers.tvm import tuning
-    from dlcbench.cpus import restore_affinity
 
     target = tvm.target.Target(target_dict)
     mod = model if prepared else tuning.prepare_module(
@@ -510,9 +510,10 @@ def _measure_task_isolated(runtime, round_dir: Path, t: int, cands, doc, device_
             code = ("import sys; sys.modules['tvm'] = None\n"
                     "from dlcbench.compilers.tvm.deferred import _worker\n"
                     "_worker(sys.argv[1])\n")
+            restore_affinity()  # set_threads may have bound this thread to one core: the worker gets all of ours
             try:
                 proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
-                                      timeout=timeout_s)
+                                      timeout=timeout_s, env={**os.environ, **worker_env()})
                 died = proc.returncode != 0
                 how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
                 last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
