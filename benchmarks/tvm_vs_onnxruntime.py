@@ -165,13 +165,12 @@ LOAD_FLAG_PCT = 10  # a round in which others (processes, hypervisor) took more 
 def load_lines(points: list[dict]) -> list[str]:
     """What else the machine did while the points were timed: the largest share of its CPU time that other
     processes and the hypervisor took in one round, and the rounds where that passed :data:`LOAD_FLAG_PCT`."""
+    from dlcbench.measure.machine import worst_load
+
     recorded = [p for p in points if any((p.get(b) or {}).get("machine_load") for b in BACKENDS)]
     if not recorded:
         return ["Machine load during the rounds: not recorded (points timed before dlcbench recorded it)."]
-    worst_others = max(p[b]["machine_load"]["others_cpu_pct"] for p in recorded for b in BACKENDS
-                       if (p.get(b) or {}).get("machine_load"))
-    worst_steal = max(p[b]["machine_load"]["steal_pct"] for p in recorded for b in BACKENDS
-                      if (p.get(b) or {}).get("machine_load"))
+    worst = worst_load([(p.get(b) or {}).get("machine_load") for p in recorded for b in BACKENDS])
     flagged = []
     for p in recorded:
         for b in BACKENDS:
@@ -182,8 +181,8 @@ def load_lines(points: list[dict]) -> list[str]:
                     flagged.append(f"{p['model']} t{p['threads']} b{p['batch']} {b} round {i + 1} "
                                    f"({load['others_cpu_pct']:.0f} % others, {load['steal_pct']:.0f} % steal)")
     return [f"Machine load during the rounds ({len(recorded)} of {len(points)} points recorded it): other processes "
-            f"took at most {worst_others:.0f} % of the machine's CPU time in a round, the hypervisor at most "
-            f"{worst_steal:.0f} %; " + ("rounds above " f"{LOAD_FLAG_PCT} %: " + "; ".join(flagged) + "."
+            f"took at most {worst['others_cpu_pct']:.0f} % of the machine's CPU time in a round, the hypervisor at "
+            f"most {worst['steal_pct']:.0f} %; " + ("rounds above " f"{LOAD_FLAG_PCT} %: " + "; ".join(flagged) + "."
                                          if flagged else f"no round above {LOAD_FLAG_PCT} %.")]
 
 

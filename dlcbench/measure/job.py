@@ -420,11 +420,12 @@ def time_regions(session, inputs: dict[str, Any], region: str, timing: TimingCon
     for name in wanted:
         if name == "resident":
             session.prepare(inputs)
-            before = cpu_snapshot()
-            result = measure(session.run_prepared, timing, batch=batch)
+            run = session.run_prepared
         else:
-            before = cpu_snapshot()
-            result = measure(lambda: session.run(inputs), timing, batch=batch)
+            def run():
+                return session.run(inputs)
+        before = cpu_snapshot()
+        result = measure(run, timing, batch=batch)
         load = machine_load(before, cpu_snapshot())
         if load:
             result.stats["machine_load"] = load

@@ -162,7 +162,7 @@ def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
         raise BadInputError("round medians must be finite and positive")
     logs = np.log(base / cand)
     n = logs.size
-    _, lo, hi = _geometric_t_interval(logs, level)
+    lo, hi = _geometric_t_interval(logs, level)
     speedup = rounds_median(base / cand)
     extra = {}
     if pooled is not None:
@@ -174,13 +174,13 @@ def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
             "rounds": n, "round_speedups": [float(v) for v in base / cand], **extra}
 
 
-def _geometric_t_interval(logs: np.ndarray, level: float) -> tuple[float, float, float]:
-    """``(geometric mean, lo, hi)`` of values given by their logs: Student's t, ``n - 1`` degrees of freedom."""
+def _geometric_t_interval(logs: np.ndarray, level: float) -> tuple[float, float]:
+    """``(lo, hi)`` around the geometric mean of values given by their logs: Student's t, ``n - 1`` d.o.f."""
     from scipy.stats import t as student_t
 
     half = float(student_t.ppf(0.5 + level / 2, logs.size - 1) * logs.std(ddof=1) / np.sqrt(logs.size))
     center = float(logs.mean())
-    return float(np.exp(center)), float(np.exp(center - half)), float(np.exp(center + half))
+    return float(np.exp(center - half)), float(np.exp(center + half))
 
 
 def rounds_median(round_values) -> float:
@@ -214,7 +214,7 @@ def rounds_interval(round_medians, level: float = 0.95, pooled_ci=None) -> list[
         raise BadInputError(f"an interval over rounds needs at least two round medians (got {medians.size})")
     if not (np.all(np.isfinite(medians)) and np.all(medians > 0)):
         raise BadInputError("round medians must be finite and positive")
-    _, lo, hi = _geometric_t_interval(np.log(medians), level)
+    lo, hi = _geometric_t_interval(np.log(medians), level)
     median = rounds_median(medians)
     return _hull(_hull([lo, hi], pooled_ci), [median, median])
 
