@@ -166,9 +166,9 @@ def compare_rounds(baseline_rounds, candidate_rounds, level: float = 0.95,
     speedup = rounds_median(base / cand)
     extra = {}
     if pooled is not None:
-        lo, hi = _hull([lo, hi], pooled.get("ci"))
+        lo, hi = hull([lo, hi], pooled.get("ci"))
         extra = {"pooled_speedup": float(pooled["speedup"])}
-    lo, hi = _hull([lo, hi], [speedup, speedup])  # skewed rounds can put the median outside the t interval
+    lo, hi = hull([lo, hi], [speedup, speedup])  # skewed rounds can put the median outside the t interval
     verdict = verdict_of(lo, hi)
     return {"speedup": speedup, "ci": [lo, hi], "verdict": verdict, "method": "paired rounds",
             "rounds": n, "round_speedups": [float(v) for v in base / cand], **extra}
@@ -216,10 +216,10 @@ def rounds_interval(round_medians, level: float = 0.95, pooled_ci=None) -> list[
         raise BadInputError("round medians must be finite and positive")
     lo, hi = _geometric_t_interval(np.log(medians), level)
     median = rounds_median(medians)
-    return _hull(_hull([lo, hi], pooled_ci), [median, median])
+    return hull(hull([lo, hi], pooled_ci), [median, median])
 
 
-def _hull(interval: list[float], other) -> list[float]:
+def hull(interval: list[float], other) -> list[float]:
     """The smallest interval holding ``interval`` and ``other`` (``interval`` itself when ``other`` is empty)."""
     if not other:
         return [float(interval[0]), float(interval[1])]

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from dlcbench.errors import BadInputError
-from dlcbench.measure.timing import (NO_DIFFERENCE, SPREAD_FLAG, compare_medians, compare_rounds, statistics,
-                                     verdict_of)
+from dlcbench.measure.timing import (NO_DIFFERENCE, SPREAD_FLAG, compare_medians, compare_rounds, hull,
+                                     statistics, verdict_of)
 from dlcbench.measure.trackers import REGION_METRICS, UNRECORDED, metric_of, metric_region, region_latency, value_of
 from dlcbench.outputs import OutputKind, Owned, staged_output
 from dlcbench.results.store import ResultsStore
@@ -197,7 +197,7 @@ def speedup_comparisons(rows, baseline: str) -> list[dict[str, Any]]:
                     del result["round_speedups"]
                 else:  # the ratio of the medians shown (over its rounds, for a row timed in rounds)
                     speedup = value_of(base, "latency") / value_of(row, "latency")
-                    lo, hi = min(result["ci"][0], speedup), max(result["ci"][1], speedup)
+                    lo, hi = hull(result["ci"], [speedup, speedup])
                     result = {**result, "speedup": speedup, "ci": [lo, hi], "verdict": verdict_of(lo, hi)}
             else:
                 result = {"speedup": value_of(base, "latency") / value_of(row, "latency"), "ci": None,

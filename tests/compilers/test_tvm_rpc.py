@@ -71,6 +71,35 @@ def test_tuning_measures_on_the_servers_and_lands_records(farm, tmp_path):
     assert json.loads((db / "dlcbench-measured-on.json").read_text()) == [f"rpc {farm['tracker']} key {farm['key']}"]
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 or more CPUs (a pool worker and the caller)")
+def test_a_servers_calling_thread_gets_a_core_its_pool_workers_leave(farm):
+    """dlcbench's server registers its placement function in the process its sessions fork from: a session's
+    serving thread (the one that calls the kernels) ends on a core no pinned pool worker of that session holds."""
+    from dlcbench.compilers.tvm.rpc import configure_remote_pool, parse_tracker, request_session
+
+    session = request_session(parse_tracker(farm["tracker"], farm["key"]))
+    cpu = configure_remote_pool(session, 2)
+    assert cpu is not None, "the server's session lacks dlcbench's placement function"
+    pinned: dict[int, dict[int, int]] = {}  # pid -> {tid: its one cpu}
+    for pid in live_processes_with(farm["marker"]):
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                cpus = os.sched_getaffinity(tid)
+            except OSError:
+                continue
+            if len(cpus) == 1:
+                pinned.setdefault(pid, {})[tid] = min(cpus)
+    serving = [pid for pid, threads in pinned.items() if threads.get(pid) == cpu]  # a forked session's main thread
+    assert len(serving) == 1, pinned
+    workers = [c for tid, c in pinned[serving[0]].items() if tid != serving[0]]
+    assert workers and cpu not in workers, pinned
+    del session
+
+
 def test_compile_checks_and_times_on_a_server(farm, tmp_path):
     proc = run_script("scripts/compile.py", "--backend", "tvm", "--model", "mlp", "--preset", "tiny",
                       "--threads", "1", "--min-seconds", "0.2", "--rpc-tracker", farm["tracker"],

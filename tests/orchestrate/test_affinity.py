@@ -129,12 +129,13 @@ _WHERE = """
 
 
 @needs_two_cpus
-@pytest.mark.parametrize("case", ["upstream", "session", "evaluator"])
+@pytest.mark.parametrize("case", ["upstream", "session", "evaluator", "rpc_server", "rpc_plain"])
 def test_a_two_thread_tvm_caller_runs_on_a_core_none_of_its_pool_workers_holds(case):
     """TVM pins each pool worker to one core and leaves the caller (who runs the first share of each parallel
-    loop) free over all of them; on a worker's core the two took turns, 2x slower on the MLP at batch 8. A session
-    and MetaSchedule's measuring workers (``_evaluate_apart``) now give the caller a core of its own. Each case in
-    a fresh process: a pool belongs to an OS thread, and its pinned workers outlive the thread."""
+    loop) free over all of them; on a worker's core the two took turns, 2x slower on the MLP at batch 8. A session,
+    MetaSchedule's measuring workers (``_evaluate_apart``) and an RPC session on dlcbench's server now give the
+    caller a core of its own; on TVM's plain server it stays where TVM puts it. Each case in a fresh process: a
+    pool belongs to an OS thread, and its pinned workers outlive the thread."""
     pytest.importorskip("tvm")
     cases = {
         "upstream": """
@@ -146,6 +147,22 @@ def test_a_two_thread_tvm_caller_runs_on_a_core_none_of_its_pool_workers_holds(c
             from dlcbench.compilers.tvm.adapter import size_thread_pool
             size_thread_pool(2)
             out = where()
+        """,
+        "rpc_server": """
+            from tvm import rpc
+            from dlcbench.compilers.tvm.rpc import configure_remote_pool
+            from dlcbench.compilers.tvm.rpc_server import register_functions
+            os.environ["TVM_NUM_THREADS"] = "2"  # as rpc.py start sizes a server's pool
+            register_functions()  # as dlcbench's server does in the process its sessions fork from
+            cpu = configure_remote_pool(rpc.LocalSession(), 2)
+            out = dict(where(), cpu=cpu)
+        """,
+        "rpc_plain": """
+            from tvm import rpc
+            from dlcbench.compilers.tvm.rpc import configure_remote_pool
+            os.environ["TVM_NUM_THREADS"] = "2"
+            cpu = configure_remote_pool(rpc.LocalSession(), 2)  # as on TVM's server: no function to call
+            out = dict(where(), cpu=cpu)
         """,
         "evaluator": """
             from tvm import te
@@ -161,7 +178,8 @@ def test_a_two_thread_tvm_caller_runs_on_a_core_none_of_its_pool_workers_holds(c
         """,
     }
     seen = _run_json(textwrap.dedent(_WHERE) + textwrap.dedent(cases[case]) + "print(json.dumps(out))\n")
-    if case == "upstream":
+    if case in ("upstream", "rpc_plain"):
+        assert seen.get("cpu") is None, seen
         assert len(seen["me"]) > 1 and set(seen["me"]) & set(seen["pinned"]), (
             f"TVM no longer leaves its caller free over its workers' cores ({seen}): the guard may be moot, not wrong")
         return
@@ -169,3 +187,5 @@ def test_a_two_thread_tvm_caller_runs_on_a_core_none_of_its_pool_workers_holds(c
     assert len(seen["me"]) == 1 and not set(seen["me"]) & set(seen["pinned"]), seen
     if case == "evaluator":
         assert len(seen["costs"]) == 1 and seen["costs"][0] > 0
+    if case == "rpc_server":
+        assert seen["me"] == [seen["cpu"]], seen  # the core the server's function reports is the one it took

@@ -612,19 +612,15 @@ class TvmAdapter(Adapter):
 
     def _load_remote(self, artifact_dir: Path, manifest: Manifest) -> Session:
         """The artifact on a server of its RPC tracker: library uploaded, weights and inputs sent there, the
-        server's thread pool set to the manifest's threads; outputs come back through RPC."""
-        from dlcbench.compilers.tvm.rpc import parse_tracker, request_session
+        server's thread pool set to the manifest's threads (its calling thread on a core of its own on dlcbench's
+        server); outputs come back through RPC."""
+        from dlcbench.compilers.tvm.rpc import configure_remote_pool, parse_tracker, request_session
 
         rpc = manifest.extra["rpc"]
         tracker = parse_tracker(rpc["tracker"], rpc["key"])
         remote = request_session(tracker)
         try:
-            remote.get_function("runtime.config_threadpool")(1, manifest.threads)
-            running = int(remote.get_function("runtime.NumThreads")())
-            if running != manifest.threads:
-                raise BackendRuntimeError(
-                    f"tvm: the RPC server's TVM pool can run {running} of the {manifest.threads} threads asked; "
-                    f"start the server with TVM_NUM_THREADS set to its cores")
+            configure_remote_pool(remote, manifest.threads)
             library = artifact_dir / manifest.files["library"]
             remote.upload(str(library))
             lib = remote.load_module(library.name)

@@ -1,11 +1,12 @@
 """TVM's RPC tracker and servers: a device farm for MetaSchedule measurements and remote runs.
 
-:func:`start_farm` starts a tracker and N servers from TVM's own modules (``tvm.exec.rpc_tracker`` and
-``tvm.exec.rpc_server``), each in its own process group, in the background, and returns once every server is
+:func:`start_farm` starts a tracker and N servers (TVM's ``tvm.exec.rpc_tracker``, and TVM's server with one
+dlcbench function more, :mod:`dlcbench.compilers.tvm.rpc_server`), each in its own process group, in the background, and returns once every server is
 registered; it writes what it started to a state file (``$DLCBENCH_CACHE/rpc/PORT.json``), so that
 :func:`stop_farm` ends exactly those processes and nothing it did not start. Servers on other machines join a
-tracker the same way (``TVM_NUM_THREADS=$(nproc) python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY``;
-docs/scaling.md).
+tracker the same way (``TVM_NUM_THREADS=$(nproc) python -m dlcbench.compilers.tvm.rpc_server --tracker HOST:PORT
+--key KEY --host THEIR_ADDRESS``, or TVM's plain ``tvm.exec.rpc_server``; docs/scaling.md).
+:func:`configure_remote_pool` sizes a server's pool for a session.
 
 The tracker needs ``tornado`` (``pip install -e '.[cluster]'``); TVM's wheel does not pull it in. Both TVM
 commands default to 0.0.0.0: dlcbench always passes the host it is given (default 127.0.0.1).
@@ -28,7 +29,7 @@ from typing import Any
 
 from dlcbench.config import cache_dir
 from dlcbench.cpus import worker_env
-from dlcbench.errors import BackendUnavailableError, BadInputError, one_line
+from dlcbench.errors import BackendRuntimeError, BackendUnavailableError, BadInputError, one_line
 from dlcbench.processes import group_exists, process_start
 
 INSTALL_HINT = "pip install -e '.[cluster]' (tornado, for TVM's RPC tracker)"
@@ -107,6 +108,31 @@ def servers_of(summary: dict[str, Any] | None, key: str) -> tuple[int, int]:
         return 0, 0
     registered = sum(1 for s in summary.get("server_info", []) if str(s.get("key", "")).split(":")[-1] == key)
     return registered, int(summary.get("queue_info", {}).get(key, {}).get("free", 0))
+
+
+def configure_remote_pool(session, threads: int) -> int | None:
+    """Sets an RPC session's TVM pool to ``threads`` and, with more than one, binds the server's calling thread
+    to a core its pinned workers leave free (on dlcbench's server; a plain ``tvm.exec.rpc_server`` leaves it
+    where TVM does). Returns that core, or None where the caller keeps TVM's placement.
+
+    Raises:
+        BackendRuntimeError: the server's pool cannot run ``threads`` (it is sized once, by TVM_NUM_THREADS).
+    """
+    from dlcbench.compilers.tvm.rpc_server import PIN_FUNCTION
+
+    session.get_function("runtime.config_threadpool")(1, threads)
+    running = int(session.get_function("runtime.NumThreads")())
+    if running != threads:
+        raise BackendRuntimeError(f"the RPC server's TVM pool can run {running} of the {threads} threads asked; "
+                                  f"start the server with TVM_NUM_THREADS set to its cores")
+    if threads <= 1:
+        return None
+    try:
+        pin = session.get_function(PIN_FUNCTION)
+    except Exception:  # TVM's own server: nothing to call
+        return None
+    cpu = int(pin())
+    return cpu if cpu >= 0 else None
 
 
 def state_path(port: int) -> Path:
@@ -196,7 +222,7 @@ def start_farm(servers: int, key: str, host: str = DEFAULT_HOST, port: int = DEF
                                           f"(log: {log})")
         for _ in range(servers):
             server_port = _free_port(host)
-            state["processes"].append(_spawn(["-m", "tvm.exec.rpc_server", "--tracker", f"{host}:{port}", "--key", key,
+            state["processes"].append(_spawn(["-m", "dlcbench.compilers.tvm.rpc_server", "--tracker", f"{host}:{port}", "--key", key,
                                           "--host", host, "--port", str(server_port),
                                           "--port-end", str(server_port + 1), "--silent"], log))
             _write_state(state_file, state)

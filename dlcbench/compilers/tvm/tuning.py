@@ -33,7 +33,7 @@ from typing import Any, Callable
 from dlcbench import jsonio
 from dlcbench.cpus import pin_apart_from_pinned_threads, restore_affinity
 from dlcbench.config import cache_dir
-from dlcbench.errors import BackendUnavailableError, BadInputError, CompileError, one_line
+from dlcbench.errors import BackendRuntimeError, BackendUnavailableError, BadInputError, CompileError, one_line
 
 META_FILE = "dlcbench-tuning.json"
 #: Beside the records: where they were measured (``local``, ``rpc HOST:PORT key KEY``), one entry per place.
@@ -437,14 +437,17 @@ def make_builder(workers: int, timeout_s: float, build: Callable | None = None):
 
 def _evaluate_on_threads(threads: int, session, rt_mod, device, evaluator_config, repeated_args) -> list[float]:
     """MetaSchedule's RPC evaluator, with the server's pool set to the target's threads first (its default is
-    the server's half of its hardware threads); a pool that cannot run them fails the candidate, saying why."""
+    the server's half of its hardware threads) and, on dlcbench's server, its calling thread on a core of its own
+    (:func:`~dlcbench.compilers.tvm.rpc.configure_remote_pool`); a pool that cannot run them fails the
+    candidate, saying why."""
     from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
 
-    session.get_function("runtime.config_threadpool")(1, threads)
-    running = int(session.get_function("runtime.NumThreads")())
-    if running != threads:
-        raise RuntimeError(f"the RPC server's TVM pool can run {running} of the {threads} threads asked; start "
-                           f"the server with TVM_NUM_THREADS set to its cores")
+    from dlcbench.compilers.tvm.rpc import configure_remote_pool
+
+    try:
+        configure_remote_pool(session, threads)
+    except BackendRuntimeError as err:  # crosses MetaSchedule's process pool: a builtin type pickles safely
+        raise RuntimeError(str(err)) from None
     return run_evaluator_common(rt_mod, device, evaluator_config, repeated_args)
 
 
