@@ -1,9 +1,10 @@
-"""Start, stop or inspect a TVM RPC device farm: TVM's tracker and servers (TVM's, with dlcbench's thread placement).
+"""Start, stop or inspect a TVM RPC device farm: TVM's tracker, and TVM's servers with dlcbench's thread placement.
 
 `start` returns once every server is registered and leaves the tracker and servers running in the background
 (their process groups are recorded under the dlcbench cache); `stop --port PORT` ends exactly those. Servers
 on other machines join with `python -m dlcbench.compilers.tvm.rpc_server --tracker HOST:PORT --key KEY --host
-THEIR_ADDRESS` (or TVM's own `tvm.exec.rpc_server`, without the placement; docs/scaling.md). Then `dlcbench tune|compile --backend tvm --rpc-tracker HOST:PORT --rpc-key KEY`.
+THEIR_ADDRESS` (or TVM's own `tvm.exec.rpc_server`, without the placement; docs/scaling.md). Then
+`dlcbench tune|compile --backend tvm --rpc-tracker HOST:PORT --rpc-key KEY`.
 """
 
 from __future__ import annotations

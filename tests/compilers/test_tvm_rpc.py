@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from contextlib import closing
 
 import psutil
 import pytest
 
+from dlcbench.cpus import allowed_cpus
 from dlcbench_test_support import assert_one_line_error, live_processes_with, run_script, wait_for
 
 pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado: pip install -e '.[cluster]'")
@@ -71,33 +74,37 @@ def test_tuning_measures_on_the_servers_and_lands_records(farm, tmp_path):
     assert json.loads((db / "dlcbench-measured-on.json").read_text()) == [f"rpc {farm['tracker']} key {farm['key']}"]
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 or more CPUs (a pool worker and the caller)")
+@pytest.mark.skipif(len(allowed_cpus() or ()) < 2, reason="needs 2 or more CPUs (a pool worker and the caller)")
 def test_a_servers_calling_thread_gets_a_core_its_pool_workers_leave(farm):
     """dlcbench's server registers its placement function in the process its sessions fork from: a session's
     serving thread (the one that calls the kernels) ends on a core no pinned pool worker of that session holds."""
     from dlcbench.compilers.tvm.rpc import configure_remote_pool, parse_tracker, request_session
 
     session = request_session(parse_tracker(farm["tracker"], farm["key"]))
-    cpu = configure_remote_pool(session, 2)
-    assert cpu is not None, "the server's session lacks dlcbench's placement function"
-    pinned: dict[int, dict[int, int]] = {}  # pid -> {tid: its one cpu}
-    for pid in live_processes_with(farm["marker"]):
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except OSError:
-            continue
-        for tid in tids:
+    try:
+        cpu = configure_remote_pool(session, 2)
+        assert cpu is not None, "the server's session lacks dlcbench's placement function"
+        pinned: dict[int, dict[int, int]] = {}  # pid -> {tid: its one cpu}
+        for pid in live_processes_with(farm["marker"]):
             try:
-                cpus = os.sched_getaffinity(tid)
+                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
             except OSError:
                 continue
-            if len(cpus) == 1:
-                pinned.setdefault(pid, {})[tid] = min(cpus)
-    serving = [pid for pid, threads in pinned.items() if threads.get(pid) == cpu]  # a forked session's main thread
-    assert len(serving) == 1, pinned
-    workers = [c for tid, c in pinned[serving[0]].items() if tid != serving[0]]
-    assert workers and cpu not in workers, pinned
-    del session
+            for tid in tids:
+                try:
+                    cpus = os.sched_getaffinity(tid)
+                except OSError:
+                    continue
+                if len(cpus) == 1:
+                    pinned.setdefault(pid, {})[tid] = min(cpus)
+        # a forked session's serving thread is its main thread; another session may still be alive, placed alike
+        serving = [pid for pid, threads in pinned.items() if threads.get(pid) == cpu]
+        assert serving, pinned
+        for pid in serving:
+            workers = [c for tid, c in pinned[pid].items() if tid != pid]
+            assert workers and cpu not in workers, pinned
+    finally:
+        del session
 
 
 def test_compile_checks_and_times_on_a_server(farm, tmp_path):
@@ -128,3 +135,8 @@ def test_rpc_mistakes_are_one_line(farm, tmp_path):
     assert_one_line_error(proc, 2, "already answers")
     proc = run_script("scripts/rpc.py", "stop", "--port", str(free_port()))
     assert_one_line_error(proc, 2, "dlcbench started no RPC farm")
+    for args, says in ((["--tracker", "nowhere"], "--tracker must be HOST:PORT"),
+                       (["--tracker", farm["tracker"]], "--tracker needs --key")):
+        proc = subprocess.run([sys.executable, "-m", "dlcbench.compilers.tvm.rpc_server", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert_one_line_error(proc, 2, says)

@@ -620,7 +620,10 @@ class TvmAdapter(Adapter):
         tracker = parse_tracker(rpc["tracker"], rpc["key"])
         remote = request_session(tracker)
         try:
-            configure_remote_pool(remote, manifest.threads)
+            try:
+                configure_remote_pool(remote, manifest.threads)
+            except BackendRuntimeError as err:
+                raise BackendRuntimeError(f"tvm: {err}") from None
             library = artifact_dir / manifest.files["library"]
             remote.upload(str(library))
             lib = remote.load_module(library.name)

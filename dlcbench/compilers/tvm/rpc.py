@@ -1,8 +1,8 @@
 """TVM's RPC tracker and servers: a device farm for MetaSchedule measurements and remote runs.
 
 :func:`start_farm` starts a tracker and N servers (TVM's ``tvm.exec.rpc_tracker``, and TVM's server with one
-dlcbench function more, :mod:`dlcbench.compilers.tvm.rpc_server`), each in its own process group, in the background, and returns once every server is
-registered; it writes what it started to a state file (``$DLCBENCH_CACHE/rpc/PORT.json``), so that
+dlcbench function more, :mod:`dlcbench.compilers.tvm.rpc_server`), each in its own process group, in the
+background, and returns once every server is registered; it writes what it started to a state file (``$DLCBENCH_CACHE/rpc/PORT.json``), so that
 :func:`stop_farm` ends exactly those processes and nothing it did not start. Servers on other machines join a
 tracker the same way (``TVM_NUM_THREADS=$(nproc) python -m dlcbench.compilers.tvm.rpc_server --tracker HOST:PORT
 --key KEY --host THEIR_ADDRESS``, or TVM's plain ``tvm.exec.rpc_server``; docs/scaling.md).
@@ -129,7 +129,7 @@ def configure_remote_pool(session, threads: int) -> int | None:
         return None
     try:
         pin = session.get_function(PIN_FUNCTION)
-    except Exception:  # TVM's own server: nothing to call
+    except AttributeError:  # TVM's own server: no such function
         return None
     cpu = int(pin())
     return cpu if cpu >= 0 else None
@@ -222,9 +222,9 @@ def start_farm(servers: int, key: str, host: str = DEFAULT_HOST, port: int = DEF
                                           f"(log: {log})")
         for _ in range(servers):
             server_port = _free_port(host)
-            state["processes"].append(_spawn(["-m", "dlcbench.compilers.tvm.rpc_server", "--tracker", f"{host}:{port}", "--key", key,
-                                          "--host", host, "--port", str(server_port),
-                                          "--port-end", str(server_port + 1), "--silent"], log))
+            state["processes"].append(_spawn(["-m", "dlcbench.compilers.tvm.rpc_server", "--tracker", f"{host}:{port}",
+                                              "--key", key, "--host", host, "--port", str(server_port),
+                                              "--port-end", str(server_port + 1), "--silent"], log))
             _write_state(state_file, state)
         if not _wait(lambda: servers_of(tracker_summary(host, port), key)[1] >= servers, timeout_s, state):
             raise BackendUnavailableError(f"{servers} RPC server(s) did not register with {host}:{port} within "

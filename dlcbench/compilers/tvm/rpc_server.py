@@ -3,9 +3,9 @@
 TVM's pool pins each worker to one core and leaves the calling thread, which runs the first share of every
 parallel loop, free over all of them, so it can share a worker's core (:mod:`dlcbench.cpus`). On an RPC server
 that caller is the session's serving thread, out of a client's reach. This server is TVM's own
-(``tvm.rpc.Server``, the options of ``tvm.exec.rpc_server`` except that ``--host`` defaults to 127.0.0.1) with
-one function more, :data:`PIN_FUNCTION`, registered in the process its sessions fork from; clients call it
-after sizing the pool (:func:`dlcbench.compilers.tvm.rpc.configure_remote_pool`). A plain ``tvm.exec.rpc_server``
+(``tvm.rpc.Server``; the options of ``tvm.exec.rpc_server`` but ``--through-proxy``, and ``--host`` defaults to
+127.0.0.1) with one function more, :data:`PIN_FUNCTION`, registered in the process its sessions fork from;
+clients call it after sizing the pool (:func:`dlcbench.compilers.tvm.rpc.configure_remote_pool`). A plain ``tvm.exec.rpc_server``
 still works: the caller then keeps TVM's placement.
 """
 
@@ -20,7 +20,12 @@ PIN_FUNCTION = "dlcbench.rpc.pin_apart_from_pinned_threads"
 
 def register_functions() -> None:
     """Registers :data:`PIN_FUNCTION` in this process: it binds the calling thread (the session's serving
-    thread) to a core no pinned thread holds and returns that core, or -1 where it changed nothing."""
+    thread) to a core no pinned thread holds and returns that core, or -1 where it changed nothing.
+
+    Sessions are forked unless ``--no-fork`` chose spawn (then they start without it); fork is asked for
+    explicitly, as Python's default on Linux moves to forkserver."""
+    import multiprocessing
+
     import tvm
 
     from dlcbench.cpus import pin_apart_from_pinned_threads
@@ -30,6 +35,8 @@ def register_functions() -> None:
         return -1 if cpu is None else cpu
 
     tvm.register_global_func(PIN_FUNCTION, pin, override=True)
+    if multiprocessing.get_start_method(allow_none=True) != "spawn":
+        multiprocessing.set_start_method("fork", force=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,13 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serves until ended (SIGTERM or Ctrl-C); bad options are one line on stderr (exit 2)."""
+    """Serves until ended (SIGTERM or Ctrl-C); a bad ``--tracker`` or a missing ``--key`` is one line on
+    stderr (exit 2)."""
     args = build_parser().parse_args(argv)
     tracker = None
     if args.tracker:
         host, _, port = args.tracker.rpartition(":")
         if not host or not port.isdigit():
             raise BadInputError(f"--tracker must be HOST:PORT, got {args.tracker!r}")
+        if not args.key:
+            raise BadInputError("--tracker needs --key: the key to register under")
         tracker = (host, int(port))
     from tvm import rpc
 
