@@ -98,7 +98,8 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
                                "stopped_by_time": tuning.get("stopped_by_time"),
                                "inherited_records": sum(t.get("existing", 0) for t in tasks),
                                "tasks": sorted(tasks, key=lambda t: -t.get("new_trials", 0)),
-                               "curve": tuning.get("curve"), "stage_seconds": tuning.get("stage_seconds")}
+                               "curve": tuning.get("curve"), "stage_seconds": tuning.get("stage_seconds"),
+                               "search_seconds": tuning.get("search_seconds")}
     if len(samples) == 2:
         pooled = compare_medians(samples["onnxruntime"], samples["tvm"])
         point["ratio"] = {"pooled_ci": [1 / pooled["ci"][1], 1 / pooled["ci"][0]]}
@@ -467,6 +468,11 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
             lines.append(f"- **{name}** tuning time: " + ", ".join(
                 f"{k} {v / total * 100:.0f}%" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
                 + (f"; {total / trials:.2f} s per trial" if trials else ""))
+        search = (p.get("tuning") or {}).get("search_seconds") or {}
+        if search and sum(search.values()):
+            total = sum(search.values())
+            lines.append(f"- **{name}** search time (MetaSchedule's scopes): " + ", ".join(
+                f"{k} {v / total * 100:.0f}%" for k, v in sorted(search.items(), key=lambda kv: -kv[1])))
         cost = trial_cost(p)
         if cost["later"]:
             lines.append(f"- **{name}** seconds per trial: {cost['first_pass']:.2f} in the first pass (every task "

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     if sum(stages.values()):
         print("time      " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds
                                         in sorted(stages.items(), key=lambda kv: -kv[1])))
+    search = tuning.get("search_seconds") or {}
+    if sum(search.values()):
+        print("search    " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds
+                                        in sorted(search.items(), key=lambda kv: -kv[1])))
     print(f"{'task':<40} {'calls':>5} {'FLOP share':>10} {'had':>5} {'new':>5} {'best ms':>9} {'tuning s':>8}")
     for task in sorted(tuning["tasks"], key=lambda t: -t["new_trials"]):
         best = f"{task['best_ms']:.4f}" if task["best_ms"] else "-"

@@ -34,6 +34,10 @@ def test_one_point_then_resume_refusals(tmp_path):
     tuning = point["tuning"]
     assert tuning["new_trials"] > 0 and tuning["inherited_records"] == 0
     assert {"build", "measure"} <= set(tuning["stage_seconds"])
+    # the evolutionary search's time by its steps, which together are the search stage
+    search = tuning["search_seconds"]
+    assert search.get("SampleInitPopulation", 0) > 0 and search.get("Evolve/PredictNormalizedScore", 0) > 0, search
+    assert sum(search.values()) == pytest.approx(tuning["stage_seconds"]["search"], abs=0.05)
     # The curve ends with every task measured; parity is read from it, scaled to the measured latency.
     assert tuning["curve"][-1]["measured_tasks"] == sum(1 for t in tuning["tasks"] if not t.get("failed"))
     module = _module()
@@ -44,6 +48,7 @@ def test_one_point_then_resume_refusals(tmp_path):
     assert parity == next((m for m, ms in curve if ms <= ort), None)
     text = out.read_text()
     assert "| parity min | % peak |" in text and "tuning time:" in text and "s per trial" in text
+    assert "search time (MetaSchedule's scopes): " in text
     assert data["environment"]["peak_gflops_by_threads"]["1"] > 0
     assert (tmp_path / "bench_curves.png").stat().st_size > 5000
 

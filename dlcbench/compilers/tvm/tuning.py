@@ -374,6 +374,10 @@ class TuningReport:
     #: (seconds, from MetaSchedule's profiler; ``other`` holds what no profiler scope covers, the search of the
     #: replay strategies included).
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: The evolutionary search's ``search`` seconds by MetaSchedule's profiler scope, ``EvoSearch/`` left off:
+    #: ``SampleInitPopulation`` (random schedules), ``Evolve/Mutation`` (mutating and postprocessing),
+    #: ``Evolve/PredictNormalizedScore`` (the cost model's scores), ``Evolve/Misc...``, ``PickWithEpsGreedy``.
+    search_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -647,6 +651,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
     stopped = False
     done = 0
     stage_seconds: dict[str, float] = {}
+    search_seconds: dict[str, float] = {}
     if budget:
         require_tuning_deps(config.cost_model)
         restore_affinity()  # the builder and runner pools start from this thread: all our CPUs, not a pinned one
@@ -717,10 +722,10 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
                             task_scheduler=tuner.scheduler(),
                         )
                     stopped = tuner.stopped_by_time
-                    _add_stage_seconds(stage_seconds, profiler, time.perf_counter() - began)
+                    _add_stage_seconds(stage_seconds, profiler, time.perf_counter() - began, search_seconds)
                     break
                 except Exception as err:  # a MetaSchedule bug in one task must not cost the others
-                    _add_stage_seconds(stage_seconds, profiler, time.perf_counter() - began)
+                    _add_stage_seconds(stage_seconds, profiler, time.perf_counter() - began, search_seconds)
                     if tuner.last_task < 0:
                         raise CompileError(f"MetaSchedule failed before tuning: {one_line(err, 300)}") from None
                     bad = todo[tuner.last_task]
@@ -740,6 +745,7 @@ def tune_module(mod, target_dict: dict[str, Any], config: TuningConfig, progress
         tasks=[p.__dict__.copy() for p in plans], curve=curve,
         measured_on=f"rpc {config.rpc.host}:{config.rpc.port} key {config.rpc.key}" if config.rpc else "local",
         stage_seconds={k: round(v, 2) for k, v in stage_seconds.items()},
+        search_seconds={k: round(v, 2) for k, v in search_seconds.items()},
     )
     if done:
         record_measured_on(db_path, report.measured_on)
@@ -779,9 +785,11 @@ def _run_candidates_on(threads: int) -> Callable[[], None]:
     return restore
 
 
-def _add_stage_seconds(totals: dict[str, float], profiler, wall_s: float) -> None:
+def _add_stage_seconds(totals: dict[str, float], profiler, wall_s: float,
+                       search: dict[str, float] | None = None) -> None:
     """Adds a MetaSchedule profile of ``wall_s`` seconds to ``totals`` by stage (:data:`STAGE_SCOPES`); what no
-    scope covers (the scheduler, the replay strategies' search, which has no scope) goes to ``other``."""
+    scope covers (the scheduler, the replay strategies' search, which has no scope) goes to ``other``. The
+    ``search`` stage's scopes are also added to ``search`` one by one (``EvoSearch/`` left off)."""
     try:
         scopes = {str(k): float(v) for k, v in profiler.get().items()}
     except Exception:  # a diagnostic only
@@ -793,6 +801,9 @@ def _add_stage_seconds(totals: dict[str, float], profiler, wall_s: float) -> Non
         stage = next((st for st, prefixes in STAGE_SCOPES.items()
                       if any(name.startswith(prefix) for prefix in prefixes)), "other")
         totals[stage] = totals.get(stage, 0.0) + seconds
+        if stage == "search" and search is not None:
+            step = name.removeprefix("EvoSearch/")
+            search[step] = search.get(step, 0.0) + seconds
 
 
 def quiet_meta_schedule() -> None:
