@@ -2,10 +2,11 @@
 
 :func:`start_farm` starts a tracker and N servers (TVM's ``tvm.exec.rpc_tracker``, and TVM's server with one
 dlcbench function more, :mod:`dlcbench.compilers.tvm.rpc_server`), each in its own process group, in the
-background, and returns once every server is registered; it writes what it started to a state file (``$DLCBENCH_CACHE/rpc/PORT.json``), so that
-:func:`stop_farm` ends exactly those processes and nothing it did not start. Servers on other machines join a
-tracker the same way (``TVM_NUM_THREADS=$(nproc) python -m dlcbench.compilers.tvm.rpc_server --tracker HOST:PORT
---key KEY --host THEIR_ADDRESS``, or TVM's plain ``tvm.exec.rpc_server``; docs/scaling.md).
+background, and returns once every server is registered; it writes what it started to a state file
+(``$DLCBENCH_CACHE/rpc/PORT.json``), so that :func:`stop_farm` ends exactly those processes and nothing it did
+not start. Servers on other machines join a tracker the same way (``TVM_NUM_THREADS=$(nproc) python -m
+dlcbench.compilers.tvm.rpc_server --tracker HOST:PORT --key KEY --host THEIR_ADDRESS``, or TVM's plain
+``tvm.exec.rpc_server``; docs/scaling.md).
 :func:`configure_remote_pool` sizes a server's pool for a session.
 
 The tracker needs ``tornado`` (``pip install -e '.[cluster]'``); TVM's wheel does not pull it in. Both TVM

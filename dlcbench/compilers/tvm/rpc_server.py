@@ -5,8 +5,8 @@ parallel loop, free over all of them, so it can share a worker's core (:mod:`dlc
 that caller is the session's serving thread, out of a client's reach. This server is TVM's own
 (``tvm.rpc.Server``; the options of ``tvm.exec.rpc_server`` but ``--through-proxy``, and ``--host`` defaults to
 127.0.0.1) with one function more, :data:`PIN_FUNCTION`, registered in the process its sessions fork from;
-clients call it after sizing the pool (:func:`dlcbench.compilers.tvm.rpc.configure_remote_pool`). A plain ``tvm.exec.rpc_server``
-still works: the caller then keeps TVM's placement.
+clients call it after sizing the pool (:func:`dlcbench.compilers.tvm.rpc.configure_remote_pool`). A plain
+``tvm.exec.rpc_server`` still works: the caller then keeps TVM's placement.
 """
 
 from __future__ import annotations
