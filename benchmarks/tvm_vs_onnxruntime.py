@@ -69,7 +69,9 @@ def run_point(model: str, threads: int, batch: int, args) -> dict:
     common = dict(model=model, preset=args.preset, batch=batch, threads=threads, timing=_timing(args))
     jobs = [JobConfig(backend="onnxruntime", out_dir=work / "onnxruntime", **common),
             JobConfig(backend="tvm", out_dir=work / "tvm-tuned", **common,
-                      backend_options={"tune_minutes": args.tune_minutes, "tuning_db": str(db)})]
+                      backend_options={"tune_minutes": args.tune_minutes, "tuning_db": str(db),
+                                       "tune_population": args.tune_population,
+                                       "tune_generations": args.tune_generations})]
     start = time.perf_counter()
     rows = run_interleaved(jobs, args.rounds, args.tune_minutes * 60 + args.timeout, progress=_say)
     point = {"model": model, "threads": threads, "batch": batch, "seconds": round(time.perf_counter() - start, 1),
@@ -408,7 +410,8 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         "- **Timed region**: `resident` for both (ONNX Runtime through I/O binding, TVM on device buffers). The "
         "same thread count for both backends (ORT intra-op threads, TVM_NUM_THREADS and the target's num-cores).",
         f"- **Tuning**: {args.tune_minutes:g} min of MetaSchedule per point (model x threads x batch), each point "
-        "from its own fresh database: no point inherits records (the `inherited` column counts them).",
+        "from its own fresh database: no point inherits records (the `inherited` column counts them). Evolutionary "
+        f"search: population {args.tune_population}, generations per round {args.tune_generations}.",
         f"- **Timing**: {args.rounds} interleaved rounds per point (ORT, TVM; then TVM, ORT; ...), each backend in its "
         f"own worker kept alive; at least {args.min_seconds:g} s of timed runs per backend in all, each round longer "
         "until its median's 95 % bootstrap interval is within +-1 % (capped). Medians in ms over the rounds (the median "
@@ -493,6 +496,9 @@ def main() -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: 1,2)")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default: 1,8)")
     parser.add_argument("--tune-minutes", type=float, default=15.0, help="MetaSchedule minutes per point")
+    parser.add_argument("--tune-population", type=int, default=128, help="evolutionary search population")
+    parser.add_argument("--tune-generations", type=int, default=4,
+                        help="evolutionary search generations per round (MetaSchedule's genetic_num_iters)")
     parser.add_argument("--rounds", type=int, default=8,
                         help="interleaved timing rounds per point (at least 2: the ratio's interval is over them)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per backend, all rounds")
@@ -555,7 +561,8 @@ def main() -> int:
 
 
 #: What a resumed run must share with the run it goes on with (the model list may grow).
-SETTINGS = ("preset", "threads", "batches", "tune_minutes", "rounds", "min_seconds", "max_seconds")
+SETTINGS = ("preset", "threads", "batches", "tune_minutes", "tune_population", "tune_generations", "rounds",
+            "min_seconds", "max_seconds")
 
 
 def load_run(path: Path) -> dict:

@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning-db", default=None, help="database directory (default: one per target)")
     parser.add_argument("--strategy", default="evolutionary", help="evolutionary, replay-trace or replay-func")
     parser.add_argument("--cost-model", default="xgb", help="xgb, mlp or random")
+    parser.add_argument("--population", type=int, default=128,
+                        help="evolutionary search population (default: 128; MetaSchedule's own is 512)")
+    parser.add_argument("--generations", type=int, default=4,
+                        help="evolutionary search generations per round (MetaSchedule's genetic_num_iters, default: 4); "
+                             "the search's cost per round grows with population x (generations + 1)")
     parser.add_argument("--conv-layout", default="NHWC",
                         help="layout of 2-D convolutions: NHWC (default) or NCHW as imported; a database applies to "
                              "the layout it was tuned in")
@@ -46,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from dlcbench.orchestrate.launcher import run_supervised
 
     options = {"tune_trials": args.trials, "tune_minutes": args.minutes, "tune_strategy": args.strategy,
-               "tune_cost_model": args.cost_model, "conv_layout": args.conv_layout}
+               "tune_cost_model": args.cost_model, "conv_layout": args.conv_layout,
+               "tune_population": args.population, "tune_generations": args.generations}
     if args.tuning_db:
         options["tuning_db"] = args.tuning_db
     if args.rpc_tracker or args.rpc_key:

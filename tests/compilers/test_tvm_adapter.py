@@ -72,6 +72,20 @@ def test_fast_math_option_is_validated():
         TvmOptions(fast_math="yes")
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"tune_population": 0}, "tune_population must be a positive integer, got 0"),
+    ({"tune_population": "64"}, "tune_population must be a positive integer, got '64'"),
+    ({"tune_generations": -1}, "tune_generations must be an integer of 0 or more, got -1"),
+    ({"tune_generations": True}, "tune_generations must be an integer of 0 or more, got True"),
+])
+def test_search_options_are_validated(options, message):
+    from dlcbench.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=message):
+        TvmOptions(**options)
+    assert TvmOptions(tune_population=16, tune_generations=0).tune_generations == 0
+
+
 
 def _clip_model(opset: int, bounds):
     """Conv -> Clip -> Conv -> Clip as ONNX: Clip's bounds as attributes before opset 11, else as initializers

@@ -107,6 +107,31 @@ def test_tuning_config_validation():
         TuningConfig(trials=1, strategy="annealing")
     with pytest.raises(BadInputError, match="valid: xgb"):
         TuningConfig(trials=1, cost_model="svm")
+    with pytest.raises(BadInputError, match="generations must be 0 or more, got -1"):
+        TuningConfig(trials=1, generations=-1)
+
+
+def test_search_strategy_takes_the_configured_population_and_generations(tiny_export, tmp_path):
+    """MetaSchedule's EvolutionarySearch gets the population and generations; below 100 its random samples per
+    round (init_min_unmeasured) are half the population, MetaSchedule's 50 otherwise."""
+    import onnx
+    import tvm
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
+
+    from dlcbench.compilers.tvm.adapter import import_onnx
+    from dlcbench.compilers.tvm.tuning import prepare_module, tune_contexts
+
+    export = tiny_export("mlp", batch=1, fold=True)
+    mod, _ = import_onnx(onnx.load(str(export.onnx_path)), {k: list(v.shape) for k, v in export.inputs().items()}, True)
+    target_dict = cpu_target(1)
+    target = tvm.target.Target(target_dict)
+    tasks = extract_tasks(prepare_module(mod, target), target)
+    found = {}
+    for name, config in (("default", TuningConfig(trials=1)), ("small", TuningConfig(trials=1, population=32,
+                                                                                      generations=0))):
+        strategy = tune_contexts(tasks, tmp_path / name, config, 1, target_dict)[0].search_strategy
+        found[name] = (strategy.population_size, strategy.genetic_num_iters, strategy.init_min_unmeasured)
+    assert found == {"default": (128, 4, 50), "small": (32, 0, 16)}
 
 
 def test_tuning_flags_only_for_tvm():

@@ -13,7 +13,8 @@ from dlcbench_test_support import ROOT, assert_one_line_error, run_script
 
 SCRIPT = "benchmarks/tvm_vs_onnxruntime.py"
 TINY = ["--models", "mlp", "--preset", "tiny", "--threads", "1", "--batches", "1", "--tune-minutes", "1.5",
-        "--rounds", "2", "--min-seconds", "0.2", "--max-seconds", "1"]
+        "--tune-population", "64", "--tune-generations", "2", "--rounds", "2", "--min-seconds", "0.2",
+        "--max-seconds", "1"]
 
 
 def _module():
@@ -49,6 +50,8 @@ def test_one_point_then_resume_refusals(tmp_path):
     text = out.read_text()
     assert "| parity min | % peak |" in text and "tuning time:" in text and "s per trial" in text
     assert "search time (MetaSchedule's scopes): " in text
+    assert "Evolutionary search: population 64, generations per round 2." in text
+    assert data["settings"]["tune_population"] == 64 and data["settings"]["tune_generations"] == 2
     assert data["environment"]["peak_gflops_by_threads"]["1"] > 0
     assert (tmp_path / "bench_curves.png").stat().st_size > 5000
 

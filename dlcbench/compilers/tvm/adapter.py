@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dlcbench import jsonio
+from dlcbench.config import positive_int
 from dlcbench.cpus import pin_apart_from_pinned_threads
 from dlcbench.errors import (
     BackendRuntimeError,
@@ -49,6 +50,8 @@ class TvmOptions(CompileOptions):
             Given without a budget, its records are applied without tuning.
         tune_strategy: MetaSchedule search strategy (``evolutionary``, ``replay-trace``, ``replay-func``).
         tune_cost_model: ``xgb``, ``mlp`` or ``random``.
+        tune_population, tune_generations: The evolutionary search's population and generations per round
+            (:class:`dlcbench.compilers.tvm.tuning.TuningConfig`'s ``population`` and ``generations``).
         fast_math: On the cpu target, erf, exp, tanh and softmax use TOPI's vectorisable polynomial
             approximations (``relax.transform.FastMathTransform``), as ONNX Runtime's MLAS kernels do;
             outputs are still checked against the reference. Exact libm ``erff`` made BERT's GELU a fifth
@@ -72,6 +75,8 @@ class TvmOptions(CompileOptions):
     tuning_db: str | None = None
     tune_strategy: str = "evolutionary"
     tune_cost_model: str = "xgb"
+    tune_population: int = 128
+    tune_generations: int = 4
     fast_math: bool = True
     conv_layout: str = "NHWC"
     rpc_tracker: str | None = None
@@ -87,6 +92,10 @@ class TvmOptions(CompileOptions):
             raise BadInputError(f"unknown CUDA arch {self.arch!r}; valid: {', '.join(CUDA_ARCHS)}")
         if self.tune_trials < 0 or self.tune_minutes < 0:
             raise BadInputError("tune_trials and tune_minutes must be non-negative")
+        positive_int("tune_population", self.tune_population)
+        if isinstance(self.tune_generations, bool) or not isinstance(self.tune_generations, int) \
+                or self.tune_generations < 0:
+            raise BadInputError(f"tune_generations must be an integer of 0 or more, got {self.tune_generations!r}")
         from dlcbench.compilers.tvm.tuning import CONV_LAYOUTS
 
         if self.conv_layout not in CONV_LAYOUTS:
@@ -576,6 +585,7 @@ class TvmAdapter(Adapter):
             trials=options.tune_trials, minutes=options.tune_minutes,
             db=Path(options.tuning_db) if options.tuning_db else None,
             strategy=options.tune_strategy, cost_model=options.tune_cost_model, rpc=options.tracker,
+            population=options.tune_population, generations=options.tune_generations,
         )
         mod = tvm_tuning.prepare_module(mod, target)
         database, report = tvm_tuning.tune_module(mod, target_dict, config, progress=self.progress)

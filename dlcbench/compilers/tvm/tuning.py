@@ -60,7 +60,12 @@ class TuningConfig:
         strategy: MetaSchedule search strategy (``evolutionary``; ``replay-trace`` is cheaper per trial).
         cost_model: ``xgb`` (needs xgboost), ``mlp`` or ``random``.
         population: Evolutionary search population; MetaSchedule's default 512 spent most of each batch mutating
-            (128: 0.46 s per convolution trial here, against 0.65 s at 256).
+            (128: 0.46 s per convolution trial here, against 0.65 s at 256). Below 100 the random samples a search
+            round needs (MetaSchedule's ``init_min_unmeasured``, 50) drop to half the population, so that a
+            round is not sampled twice over for a few invalid candidates.
+        generations: Evolutionary search generations per round (MetaSchedule's ``genetic_num_iters``, 4): each
+            one mutates and scores the whole population, so the search's cost per round grows with
+            ``population * (generations + 1)``.
         rpc: A :class:`dlcbench.compilers.tvm.rpc.Tracker`: candidates are built here and measured on every
             server of its key, in parallel (MetaSchedule's ``RPCRunner``); None measures on this machine.
     """
@@ -71,6 +76,7 @@ class TuningConfig:
     max_trials_per_task: int | None = None
     round_trials: int = 16
     population: int = 128
+    generations: int = 4
     builder_timeout_s: float = 120.0
     seed: int = 0
     strategy: str = "evolutionary"
@@ -88,6 +94,8 @@ class TuningConfig:
             raise BadInputError(f"unknown cost model {self.cost_model!r}; valid: {', '.join(COST_MODELS)}")
         if self.round_trials <= 0 or self.population <= 0:
             raise BadInputError("round_trials and population must be positive")
+        if self.generations < 0:
+            raise BadInputError(f"generations must be 0 or more, got {self.generations}")
 
     @property
     def tunes(self) -> bool:
@@ -847,7 +855,9 @@ def tune_contexts(tasks, work: Path, config: TuningConfig, cores: int, target_di
 
     strategy: Any = config.strategy
     if strategy == "evolutionary":
-        strategy = ms.search_strategy.EvolutionarySearch(population_size=config.population)
+        strategy = ms.search_strategy.EvolutionarySearch(
+            population_size=config.population, genetic_num_iters=config.generations,
+            init_min_unmeasured=min(50, max(1, config.population // 2)))
     # Every core: candidates are measured elsewhere, or here between searches (see _Tuner).
     contexts, _ = extracted_tasks_to_tune_contexts(tasks, str(work), strategy=strategy,
                                                    num_threads=max(1, cores), seed=config.seed)
