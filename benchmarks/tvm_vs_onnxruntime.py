@@ -466,16 +466,12 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
                 f"{t['name']} {t['new_trials']} -> {t['best_ms']:.4f} ms" for t in tasks[:5] if t.get("best_ms")))
         stages = (p.get("tuning") or {}).get("stage_seconds") or {}
         if stages and sum(stages.values()):
-            total = sum(stages.values())
             trials = p["tuning"].get("new_trials") or 0
-            lines.append(f"- **{name}** tuning time: " + ", ".join(
-                f"{k} {v / total * 100:.0f}%" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
-                + (f"; {total / trials:.2f} s per trial" if trials else ""))
+            lines.append(f"- **{name}** tuning time: {_shares(stages)}"
+                         + (f"; {sum(stages.values()) / trials:.2f} s per trial" if trials else ""))
         search = (p.get("tuning") or {}).get("search_seconds") or {}
         if search and sum(search.values()):
-            total = sum(search.values())
-            lines.append(f"- **{name}** search time (MetaSchedule's scopes): " + ", ".join(
-                f"{k} {v / total * 100:.0f}%" for k, v in sorted(search.items(), key=lambda kv: -kv[1])))
+            lines.append(f"- **{name}** search time (MetaSchedule's scopes): {_shares(search)}")
         cost = trial_cost(p)
         if cost["later"]:
             lines.append(f"- **{name}** seconds per trial: {cost['first_pass']:.2f} in the first pass (every task "
@@ -485,6 +481,12 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
     if errors:
         lines += ["", "## Failures", ""] + [f"- {e}" for e in errors]
     return "\n".join(lines) + "\n"
+
+
+def _shares(seconds_by_part: dict[str, float]) -> str:
+    """``"search 61%, build 25%, ..."``: each part's share of their sum, largest first."""
+    total = sum(seconds_by_part.values())
+    return ", ".join(f"{k} {v / total * 100:.0f}%" for k, v in sorted(seconds_by_part.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> int:

@@ -66,14 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tuning    {tuning['new_trials']} new trials in {tuning['seconds']:.1f} s"
           f"{' (stopped by the time budget)' if tuning['stopped_by_time'] else ''}, measured on "
           f"{tuning.get('measured_on', 'local')}")
-    stages = tuning.get("stage_seconds") or {}
-    if sum(stages.values()):
-        print("time      " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds
-                                        in sorted(stages.items(), key=lambda kv: -kv[1])))
-    search = tuning.get("search_seconds") or {}
-    if sum(search.values()):
-        print("search    " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds
-                                        in sorted(search.items(), key=lambda kv: -kv[1])))
+    for label, key in (("time", "stage_seconds"), ("search", "search_seconds")):  # the search is a stage's parts
+        seconds_by_part = tuning.get(key) or {}
+        if sum(seconds_by_part.values()):
+            print(f"{label:<10}" + ", ".join(f"{name} {seconds:.1f} s" for name, seconds
+                                             in sorted(seconds_by_part.items(), key=lambda kv: -kv[1])))
     print(f"{'task':<40} {'calls':>5} {'FLOP share':>10} {'had':>5} {'new':>5} {'best ms':>9} {'tuning s':>8}")
     for task in sorted(tuning["tasks"], key=lambda t: -t["new_trials"]):
         best = f"{task['best_ms']:.4f}" if task["best_ms"] else "-"

@@ -135,8 +135,10 @@ def test_rpc_mistakes_are_one_line(farm, tmp_path):
     assert_one_line_error(proc, 2, "already answers")
     proc = run_script("scripts/rpc.py", "stop", "--port", str(free_port()))
     assert_one_line_error(proc, 2, "dlcbench started no RPC farm")
-    for args, says in ((["--tracker", "nowhere"], "--tracker must be HOST:PORT"),
-                       (["--tracker", farm["tracker"]], "--tracker needs --key")):
+    for args, says in ((["--tracker", "nowhere", "--key", "k"], "--tracker takes HOST:PORT, got 'nowhere'"),
+                       (["--tracker", farm["tracker"]], "--tracker HOST:PORT and --key KEY go together"),
+                       (["--tracker", farm["tracker"], "--key", "a:b"], "an RPC key is letters"),
+                       (["--key", "a b"], "an RPC key is letters")):
         proc = subprocess.run([sys.executable, "-m", "dlcbench.compilers.tvm.rpc_server", *args],
                               capture_output=True, text=True, timeout=60)
         assert_one_line_error(proc, 2, says)

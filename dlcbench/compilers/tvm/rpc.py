@@ -51,19 +51,22 @@ class Tracker:
         return f"{self.host}:{self.port} (key {self.key})"
 
 
-def parse_tracker(address: str | None, key: str | None) -> Tracker | None:
-    """``"HOST:PORT"`` and a key as a :class:`Tracker`; None when neither is given.
+def parse_tracker(address: str | None, key: str | None,
+                  flags: tuple[str, str] = ("--rpc-tracker", "--rpc-key")) -> Tracker | None:
+    """``"HOST:PORT"`` and a key as a :class:`Tracker`; None when neither is given. ``flags`` names the two
+    options in messages (a server takes them as ``--tracker`` and ``--key``).
 
     Raises:
         BadInputError: one without the other, a malformed address, or a key with characters TVM splits on.
     """
     if not address and not key:
         return None
+    address_flag, key_flag = flags
     if not address or not key:
-        raise BadInputError("--rpc-tracker HOST:PORT and --rpc-key KEY go together")
+        raise BadInputError(f"{address_flag} HOST:PORT and {key_flag} KEY go together")
     match = re.fullmatch(r"\s*([\w.\-]+|\[[0-9a-fA-F:]+\]):(\d+)\s*", str(address))
     if not match:
-        raise BadInputError(f"--rpc-tracker takes HOST:PORT, got {address!r}")
+        raise BadInputError(f"{address_flag} takes HOST:PORT, got {address!r}")
     check_key(key)
     return Tracker(match.group(1).strip("[]"), int(match.group(2)), key)
 

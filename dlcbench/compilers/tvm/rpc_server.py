@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from dlcbench.errors import BadInputError, ExitCode, run_cli
+from dlcbench.errors import ExitCode, run_cli
 
 PIN_FUNCTION = "dlcbench.rpc.pin_apart_from_pinned_threads"
 
@@ -58,17 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serves until ended (SIGTERM or Ctrl-C); a bad ``--tracker`` or a missing ``--key`` is one line on
-    stderr (exit 2)."""
+    """Serves until ended (SIGTERM or Ctrl-C); a bad ``--tracker`` or ``--key``, or a tracker without a key, is
+    one line on stderr (exit 2)."""
     args = build_parser().parse_args(argv)
     tracker = None
-    if args.tracker:
-        host, _, port = args.tracker.rpartition(":")
-        if not host or not port.isdigit():
-            raise BadInputError(f"--tracker must be HOST:PORT, got {args.tracker!r}")
-        if not args.key:
-            raise BadInputError("--tracker needs --key: the key to register under")
-        tracker = (host, int(port))
+    if args.tracker:  # a key alone is allowed: clients connecting directly must then give it
+        from dlcbench.compilers.tvm.rpc import parse_tracker
+
+        parsed = parse_tracker(args.tracker, args.key, flags=("--tracker", "--key"))
+        tracker = (parsed.host, parsed.port)
+    elif args.key:
+        from dlcbench.compilers.tvm.rpc import check_key
+
+        check_key(args.key)
     from tvm import rpc
 
     # By reference, even when this file runs as __main__: the server's worker imports it and calls it there.
