@@ -498,9 +498,10 @@ def main() -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: 1,2)")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default: 1,8)")
     parser.add_argument("--tune-minutes", type=float, default=15.0, help="MetaSchedule minutes per point")
-    parser.add_argument("--tune-population", type=int, default=128, help="evolutionary search population")
+    parser.add_argument("--tune-population", type=int, default=128,
+                        help="evolutionary search population (default: 128)")
     parser.add_argument("--tune-generations", type=int, default=4,
-                        help="evolutionary search generations per round (MetaSchedule's genetic_num_iters)")
+                        help="evolutionary search generations per round (MetaSchedule's genetic_num_iters; default: 4)")
     parser.add_argument("--rounds", type=int, default=8,
                         help="interleaved timing rounds per point (at least 2: the ratio's interval is over them)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per backend, all rounds")
@@ -516,13 +517,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 2:
         raise BadInputError(f"--rounds must be at least 2 (the ratio's interval is over the rounds), got {args.rounds}")
+    if args.tune_population < 1 or args.tune_generations < 0:
+        raise BadInputError(f"--tune-population must be at least 1 and --tune-generations at least 0, got "
+                            f"{args.tune_population} and {args.tune_generations}")
     from dlcbench.results.env import environment
 
     start = time.perf_counter()
     path = args.out.with_suffix(".json")
     earlier = load_run(path) if args.resume or args.render else None
-    if args.render:
-        vars(args).update(earlier["settings"])
+    if args.render:  # runs from before the search settings existed searched with these
+        vars(args).update({"tune_population": 128, "tune_generations": 4, **earlier["settings"]})
     threads = [int(t) for t in split_list(args.threads)]
     batches = [int(b) for b in split_list(args.batches)]
     settings = {k: getattr(args, k) for k in SETTINGS}

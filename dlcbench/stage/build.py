@@ -383,7 +383,9 @@ def _stage_round(stager: Stager, config: StageConfig, model, job, build_root: Pa
                                               batch=job.batch, backend_options=job.backend_options)
     doc = export_round(model, target, database, config.tuning_trials, round_dir, max_tasks=config.tuning_max_tasks,
                        seed=config.seed, fast_math=config.target == "cpu" and options.fast_math,
-                       conv_layout=options.conv_layout, progress=say)
+                       conv_layout=options.conv_layout, strategy=options.tune_strategy,
+                       cost_model=options.tune_cost_model, population=options.tune_population,
+                       generations=options.tune_generations, progress=say)
     base = f"tuning/{Path(job.out_dir).name}"
     for path in sorted(p for p in round_dir.rglob("*") if p.is_file()):
         stager.add_file(f"{base}/{path.relative_to(round_dir).as_posix()}", path, executable=path.suffix == ".so")

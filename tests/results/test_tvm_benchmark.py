@@ -126,7 +126,7 @@ def test_render_rewrites_a_run_and_keeps_the_best_peak(tmp_path):
     rescored = ("ratio", "onnxruntime", "tvm", "parity")  # parity is read against the rescored medians
     assert ([{**p, **dict.fromkeys(rescored)} for p in again["points"]]
             == [{**p, **dict.fromkeys(rescored)} for p in run["points"]])
-    assert again["settings"] == run["settings"]
+    assert again["settings"] == {"tune_population": 128, "tune_generations": 4, **run["settings"]}
     for before, after in zip(run["points"], again["points"]):  # rescored from the round medians
         pooled = before["ratio"].get("pooled_ci", before["ratio"]["ci"])  # a run rendered before kept its own
         assert after["ratio"]["method"] == "paired rounds" and after["ratio"]["pooled_ci"] == pooled
@@ -183,6 +183,8 @@ def test_ratio_interval_counts_the_drift_between_rounds():
 def test_rounds_below_two_are_one_line(tmp_path):
     run = run_script(SCRIPT, *TINY[:-6], "--rounds", "1", "--out", str(tmp_path / "x.md"), timeout=300)
     assert_one_line_error(run, ExitCode.BAD_INPUT, "--rounds must be at least 2")
+    run = run_script(SCRIPT, *TINY, "--tune-population", "0", "--out", str(tmp_path / "y.md"), timeout=300)
+    assert_one_line_error(run, ExitCode.BAD_INPUT, "--tune-population must be at least 1")
 
 
 def test_render_of_something_else_is_one_line(tmp_path):

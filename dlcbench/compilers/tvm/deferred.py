@@ -19,7 +19,7 @@ CUDA code; so one round is split in three:
 ``round.json`` (``dlcbench-tuning-round/1``)::
 
     {"format", "round_id", "tvm_version", "target": {target dict}, "device": "cpu"|"cuda", "threads",
-     "trials_per_task", "strategy", "cost_model", "seed",
+     "trials_per_task", "strategy", "cost_model", "population", "generations", "seed",
      "tasks": [{"index", "name", "weight", "flops", "error": null|str,
                 "workload": {"shash": "0x...", "mod": tvm.ir.save_json(IRModule)},
                 "baseline": null | {"id", "library", "entry", "args_info"},   # the unscheduled task, for reference
@@ -205,7 +205,8 @@ def _cost_model(kind: str, ctx, database):
 def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_per_task: int, out_dir: Path, *,
                  input_shapes: dict[str, list[int]] | None = None, prepared: bool = False,
                  separate_params: bool = True, fast_math: bool = True, strategy: str = "evolutionary",
-                 cost_model: str = "xgb", population: int = 128, seed: int = 0, baseline: bool = True,
+                 cost_model: str = "xgb", population: int = 128, generations: int = 4, seed: int = 0,
+                 baseline: bool = True,
                  builder_timeout_s: float = 120.0, workers: int | None = None,
                  max_tasks: int | None = None, conv_layout: str = "NHWC",
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -220,6 +221,8 @@ def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_
         database_dir: The MetaSchedule database to warm-start from and later commit into (created if absent).
         trials_per_task: Candidates sampled per task.
         out_dir: The round directory; must not exist or be empty.
+        strategy, cost_model, population, generations: The search, as
+            :class:`~dlcbench.compilers.tvm.tuning.TuningConfig` takes them.
         baseline: Also build each task unscheduled (what an untuned compile runs), measured for reference only.
         max_tasks: Only the heaviest tasks by FLOPs (None: all).
         conv_layout: Convolution layout of a cpu target's module (the TVM adapter's ``conv_layout`` option: the
@@ -239,7 +242,7 @@ def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_
         return _export_round(model, target_dict, Path(database_dir), trials_per_task, out_dir, say,
                              input_shapes=input_shapes, prepared=prepared, separate_params=separate_params,
                              fast_math=fast_math, strategy=strategy, cost_model=cost_model, population=population,
-                             seed=seed, baseline=baseline, builder_timeout_s=builder_timeout_s, workers=workers,
+                             generations=generations, seed=seed, baseline=baseline, builder_timeout_s=builder_timeout_s, workers=workers,
                              max_tasks=max_tasks, conv_layout=conv_layout)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # no half-written round to measure
@@ -247,7 +250,8 @@ def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_
 
 
 def _export_round(model, target_dict, database_dir, trials_per_task, out_dir, say, *, input_shapes, prepared,
-                  separate_params, fast_math, strategy, cost_model, population, seed, baseline, builder_timeout_s,
+                  separate_params, fast_math, strategy, cost_model, population, generations, seed, baseline,
+                  builder_timeout_s,
                   workers, max_tasks, conv_layout):
     from importlib import metadata
 
@@ -270,7 +274,8 @@ def _export_round(model, target_dict, database_dir, trials_per_task, out_dir, sa
     if max_tasks is not None:
         tunable = tunable[:max_tasks]
     config = tuning.TuningConfig(trials=trials_per_task, db=database_dir, strategy=strategy, cost_model=cost_model,
-                                 population=population, seed=seed, builder_timeout_s=builder_timeout_s)
+                                 population=population, generations=generations, seed=seed,
+                                 builder_timeout_s=builder_timeout_s)
     if cost_model == "xgb" or strategy == "evolutionary":
         tuning.require_tuning_deps(cost_model)
     restore_affinity()
@@ -325,7 +330,8 @@ def _export_round(model, target_dict, database_dir, trials_per_task, out_dir, sa
         "format": ROUND_FORMAT, "round_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "tvm_version": metadata.version("apache-tvm"), "target": target_dict,
         "device": "cuda" if target.kind.name == "cuda" else "cpu", "threads": int(target_dict.get("num-cores", 0)),
-        "trials_per_task": trials_per_task, "strategy": strategy, "cost_model": cost_model, "seed": seed,
+        "trials_per_task": trials_per_task, "strategy": strategy, "cost_model": cost_model,
+        "population": population, "generations": generations, "seed": seed,
         "database": str(database_dir), "tasks": entries,
     }
     (out_dir / ROUND_FILE).write_text(json.dumps(round_doc, indent=1))

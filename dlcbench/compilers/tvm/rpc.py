@@ -224,9 +224,10 @@ def start_farm(servers: int, key: str, host: str = DEFAULT_HOST, port: int = DEF
         if not _wait(lambda: tracker_summary(host, port) is not None, timeout_s, state):
             raise BackendUnavailableError(f"the RPC tracker did not answer on {host}:{port} within {timeout_s:g} s "
                                           f"(log: {log})")
+        tracker_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 host in brackets
         for _ in range(servers):
             server_port = _free_port(host)
-            state["processes"].append(_spawn(["-m", "dlcbench.compilers.tvm.rpc_server", "--tracker", f"{host}:{port}",
+            state["processes"].append(_spawn(["-m", "dlcbench.compilers.tvm.rpc_server", "--tracker", tracker_address,
                                               "--key", key, "--host", host, "--port", str(server_port),
                                               "--port-end", str(server_port + 1), "--silent"], log))
             _write_state(state_file, state)
