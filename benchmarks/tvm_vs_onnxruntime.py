@@ -525,8 +525,9 @@ def main() -> int:
     start = time.perf_counter()
     path = args.out.with_suffix(".json")
     earlier = load_run(path) if args.resume or args.render else None
-    if args.render:  # runs from before the search settings existed searched with these
-        vars(args).update({"tune_population": 128, "tune_generations": 4, **earlier["settings"]})
+    if args.render:  # runs from before the search settings existed searched with their defaults
+        vars(args).update({"tune_population": parser.get_default("tune_population"),
+                           "tune_generations": parser.get_default("tune_generations"), **earlier["settings"]})
     threads = [int(t) for t in split_list(args.threads)]
     batches = [int(b) for b in split_list(args.batches)]
     settings = {k: getattr(args, k) for k in SETTINGS}

@@ -206,8 +206,7 @@ def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_
                  input_shapes: dict[str, list[int]] | None = None, prepared: bool = False,
                  separate_params: bool = True, fast_math: bool = True, strategy: str = "evolutionary",
                  cost_model: str = "xgb", population: int = 128, generations: int = 4, seed: int = 0,
-                 baseline: bool = True,
-                 builder_timeout_s: float = 120.0, workers: int | None = None,
+                 baseline: bool = True, builder_timeout_s: float = 120.0, workers: int | None = None,
                  max_tasks: int | None = None, conv_layout: str = "NHWC",
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Samples and builds one round of candidates per task into a fresh ``out_dir`` (see the module docstring).
@@ -242,8 +241,9 @@ def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_
         return _export_round(model, target_dict, Path(database_dir), trials_per_task, out_dir, say,
                              input_shapes=input_shapes, prepared=prepared, separate_params=separate_params,
                              fast_math=fast_math, strategy=strategy, cost_model=cost_model, population=population,
-                             generations=generations, seed=seed, baseline=baseline, builder_timeout_s=builder_timeout_s, workers=workers,
-                             max_tasks=max_tasks, conv_layout=conv_layout)
+                             generations=generations, seed=seed, baseline=baseline,
+                             builder_timeout_s=builder_timeout_s, workers=workers, max_tasks=max_tasks,
+                             conv_layout=conv_layout)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # no half-written round to measure
         raise
@@ -251,8 +251,7 @@ def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_
 
 def _export_round(model, target_dict, database_dir, trials_per_task, out_dir, say, *, input_shapes, prepared,
                   separate_params, fast_math, strategy, cost_model, population, generations, seed, baseline,
-                  builder_timeout_s,
-                  workers, max_tasks, conv_layout):
+                  builder_timeout_s, workers, max_tasks, conv_layout):
     from importlib import metadata
 
     import tvm
