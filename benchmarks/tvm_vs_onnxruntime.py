@@ -14,10 +14,12 @@ what it measured; ``--resume`` goes on with the points the JSON lacks. A run is 
 resuming from another revision, on another CPU (name, SIMD flags, family and model numbers) or with other settings
 is refused (start again with another ``--out``, or without ``--resume``).
 ``--render`` measures no point: it writes the Markdown and the curves again from the JSON with this checkout's
-rendering and statistics (the medians, the ratio and their intervals are recomputed from the stored round medians). The fp32 peak
-behind ``% peak`` is measured at every start (run, sitting, or rendering on the run's
-machine), and each thread count keeps its best figure: a measurement taken while the machine was busy reads low
-(render on an idle machine).
+rendering and statistics (the medians, the ratio and their intervals are recomputed from the stored round medians).
+The fp32 peak behind ``% peak`` is measured right after each point's rounds, at its thread count, and at every start
+(run, sitting, or rendering on the run's machine), where each thread count keeps the run's best figure. A point is
+held against its own measurement (:func:`point_peak`): a VM's speed can change between sittings, and when it changed
+by more than :data:`SITTING_SPEED_WARN` the table says so (milliseconds of different sittings are then not
+comparable; the ratios are).
 The table ends with the issue's targets against the points measured so far: each ratio bound met (the whole
 interval at or below it), not ruled out (only its lower end) or missed.
 
@@ -41,6 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from dlcbench.compilers.tvm.tuning import SEARCH_GENERATIONS, SEARCH_POPULATION
 from dlcbench.errors import BadInputError, run_cli
 
 BACKENDS = ("onnxruntime", "tvm")
@@ -202,10 +205,58 @@ def scaled_curve(point: dict) -> list[tuple[float, float]]:
             if c.get("measured_tasks", 0) >= tunable and c.get("estimated_ms")]
 
 
+def point_peak(point: dict, env: dict) -> float | None:
+    """The fp32 peak (GFLOP/s) a point is held against, at its thread count, measured as close to its rounds as
+    the run has one: right after them (``peak_gflops``); for points from before that was recorded, the last
+    sitting's measurement taken before the point finished; else the run's best. A VM's speed can change from one
+    sitting to the next (neighbours on the host), so the best of all sittings understates the slow sittings' points.
+    """
+    if point.get("peak_gflops"):
+        return point["peak_gflops"]
+    key, finished = str(point["threads"]), point.get("finished")
+    before = sorted((s["collected"], s["gflops"][key]) for s in env.get("peak_sittings") or []
+                    if finished and s.get("collected", "") <= finished and (s.get("gflops") or {}).get(key))
+    return before[-1][1] if before else (env.get("peak_gflops_by_threads") or {}).get(key)
+
+
+#: Above this ratio between the fastest and slowest sittings' peaks, the table warns that milliseconds of different
+#: sittings are not comparable.
+SITTING_SPEED_WARN = 1.2
+
+
+def sitting_lines(points: list[dict], env: dict) -> list[str]:
+    """How fast the machine was in each sitting of the run (the peaks its points are held against), and which
+    points each sitting measured; a warning when the speed changed between sittings by more than
+    :data:`SITTING_SPEED_WARN`."""
+    lines, spread = [], {}
+    sittings = sorted({p.get("sitting", 1) for p in points})
+    for sitting in sittings:
+        mine = [p for p in points if p.get("sitting", 1) == sitting]
+        peaks = {}
+        for p in mine:
+            peak = point_peak(p, env)
+            if peak:
+                peaks.setdefault(p["threads"], []).append(peak)
+                spread.setdefault(p["threads"], []).append(peak)
+        words = ", ".join(f"{min(v):g}" + (f"-{max(v):g}" if max(v) != min(v) else "") + f" GFLOP/s at {t} thread(s)"
+                          for t, v in sorted(peaks.items(), reverse=True))
+        lines.append(f"{sitting} ({(mine[0].get('finished') or '?')[:10]}, peak {words or 'unmeasured'}): "
+                     + ", ".join(f"{p['model']} t{p['threads']} b{p['batch']}" for p in mine))
+    worst = max((max(v) / min(v), t) for t, v in spread.items()) if spread else (1.0, 0)
+    if len(sittings) < 2 and worst[0] <= SITTING_SPEED_WARN:
+        return []
+    text = "- **Sittings**: " + "; ".join(lines) + "."
+    if worst[0] > SITTING_SPEED_WARN:
+        text += (f" **The machine's speed changed between sittings** ({worst[0]:.1f}x between peaks at {worst[1]} "
+                 "thread(s)): milliseconds of points from different sittings are not comparable, their ratios are "
+                 "(each round times the two backends back to back).")
+    return [text]
+
+
 def share_of_peak(point: dict, backend: str, env: dict) -> float | None:
     """The model's FLOPs (TVM's estimate over its tasks) per second at ``backend``'s median, over the fp32 peak
-    measured at the point's thread count; None where a figure is missing."""
-    peak = (env.get("peak_gflops_by_threads") or {}).get(str(point["threads"]))
+    of :func:`point_peak`; None where a figure is missing."""
+    peak = point_peak(point, env)
     flops = sum(t.get("flops") or 0 for t in (point.get("tuning") or {}).get("tasks") or [])
     if not peak or not flops or not point.get(backend):
         return None
@@ -426,11 +477,13 @@ def render(points: list[dict], args, env: dict, seconds: float, argv: list[str],
         "- **Parity min**: minutes of tuning until the tuning curve, scaled to the measured tuned latency, reaches "
         "ORT's median (`> N`: not within the budget); see `tvm_vs_onnxruntime_curves.png`.",
         "- **% peak** = the model's FLOPs (TVM's estimate over its tasks) / median latency, against the fp32 "
-        "matmul peak measured at that thread count (numpy's BLAS: "
-        + ", ".join(f"{k} thread(s) {v if v else 'unmeasured'} GFLOP/s"
-                    for k, v in (env.get("peak_gflops_by_threads") or {}).items())
-        + (f"; the best of {len(env['peak_sittings'])} measurements, one per sitting"
-           if len(env.get("peak_sittings") or []) > 1 else "") + "), ORT/TVM.", "",
+        "matmul peak (numpy's BLAS) at the point's thread count measured in the point's own sitting: right after "
+        "its rounds, or for points timed before dlcbench did that, at its sitting's start; ORT/TVM. The run's best "
+        "peaks: " + ", ".join(f"{k} thread(s) {v if v else 'unmeasured'} GFLOP/s"
+                              for k, v in (env.get("peak_gflops_by_threads") or {}).items())
+        + (f" (of {len(env['peak_sittings'])} measurements at sittings' starts and renderings)"
+           if len(env.get("peak_sittings") or []) > 1 else "") + ".",
+        *sitting_lines(points, env), "",
         "| model | threads | batch | ORT ms [95% CI] | tuned TVM ms [95% CI] | TVM / ORT [95% CI] | verdict | "
         "tuning s | trials | inherited | parity min | % peak | round spread % |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -498,10 +551,11 @@ def main() -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: 1,2)")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default: 1,8)")
     parser.add_argument("--tune-minutes", type=float, default=15.0, help="MetaSchedule minutes per point")
-    parser.add_argument("--tune-population", type=int, default=128,
-                        help="evolutionary search population (default: 128)")
-    parser.add_argument("--tune-generations", type=int, default=4,
-                        help="evolutionary search generations per round (MetaSchedule's genetic_num_iters; default: 4)")
+    parser.add_argument("--tune-population", type=int, default=SEARCH_POPULATION,
+                        help=f"evolutionary search population (default: {SEARCH_POPULATION})")
+    parser.add_argument("--tune-generations", type=int, default=SEARCH_GENERATIONS,
+                        help="evolutionary search generations per round (MetaSchedule's genetic_num_iters; "
+                             f"default: {SEARCH_GENERATIONS})")
     parser.add_argument("--rounds", type=int, default=8,
                         help="interleaved timing rounds per point (at least 2: the ratio's interval is over them)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per backend, all rounds")
@@ -539,7 +593,7 @@ def main() -> int:
     if earlier:
         best = earlier["environment"].get("peak_gflops_by_threads") or {}
         sittings = earlier["environment"].get("peak_sittings") or []
-    from dlcbench.results.env import cpu_info
+    from dlcbench.results.env import cpu_info, measure_peak_gflops
 
     if env.get("cpu") == cpu_info():  # the roofline's compute roof at each thread count, of this run's machine only
         env.update(measured_peaks(threads, best, sittings))
@@ -560,7 +614,8 @@ def main() -> int:
                 if (model, count, batch) in done:
                     continue
                 _say(f"== {model} threads {count} batch {batch}")
-                points.append({**run_point(model, count, batch, args), "sitting": sessions})
+                point = run_point(model, count, batch, args)
+                points.append({**point, "sitting": sessions, "peak_gflops": measure_peak_gflops(count)})
                 seconds = earlier_seconds + time.perf_counter() - start
                 text = write_run(points, args, env, seconds, argv, sessions, settings)
     print(text)

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from dlcbench.cli.common import add_input_arguments, input_config
+from dlcbench.compilers.tvm.tuning import SEARCH_GENERATIONS, SEARCH_POPULATION
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 
 
@@ -27,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning-db", default=None, help="database directory (default: one per target)")
     parser.add_argument("--strategy", default="evolutionary", help="evolutionary, replay-trace or replay-func")
     parser.add_argument("--cost-model", default="xgb", help="xgb, mlp or random")
-    parser.add_argument("--population", type=int, default=128,
-                        help="evolutionary search population (default: 128; MetaSchedule's own is 512)")
-    parser.add_argument("--generations", type=int, default=4,
-                        help="evolutionary search generations per round (MetaSchedule's genetic_num_iters, default: 4); "
+    parser.add_argument("--population", type=int, default=SEARCH_POPULATION,
+                        help=f"evolutionary search population (default: {SEARCH_POPULATION}; MetaSchedule's own is 512)")
+    parser.add_argument("--generations", type=int, default=SEARCH_GENERATIONS,
+                        help="evolutionary search generations per round (MetaSchedule's genetic_num_iters, "
+                             f"default: {SEARCH_GENERATIONS}); "
                              "the search's cost per round grows with population x (generations + 1)")
     parser.add_argument("--conv-layout", default="NHWC",
                         help="layout of 2-D convolutions: NHWC (default) or NCHW as imported; a database applies to "

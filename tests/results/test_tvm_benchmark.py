@@ -53,6 +53,7 @@ def test_one_point_then_resume_refusals(tmp_path):
     assert "Evolutionary search: population 64, generations per round 2." in text
     assert data["settings"]["tune_population"] == 64 and data["settings"]["tune_generations"] == 2
     assert data["environment"]["peak_gflops_by_threads"]["1"] > 0
+    assert point["peak_gflops"] > 0 and module.point_peak(point, data["environment"]) == point["peak_gflops"]
     assert (tmp_path / "bench_curves.png").stat().st_size > 5000
 
     # Resuming with everything measured runs nothing and keeps the point.
@@ -154,7 +155,33 @@ def test_render_rewrites_a_run_and_keeps_the_best_peak(tmp_path):
     twice = json.loads(out.with_suffix(".json").read_text())["environment"]
     assert len(twice["peak_sittings"]) == 2 and twice["peak_gflops_by_threads"]["1"] == 1e6
     assert twice["peak_gflops_by_threads"]["2"] == max(s["gflops"]["2"] for s in twice["peak_sittings"])
-    assert "the best of 2 measurements" in out.read_text()
+    assert "(of 2 measurements at sittings' starts and renderings)" in out.read_text()
+
+
+def test_points_are_held_against_their_own_sittings_peak():
+    """A VM's speed can change between sittings: a point's % peak uses the peak measured after its rounds, or for
+    older points the last sitting's measurement before it finished, and a large change is said in the table."""
+    module = _module()
+    env = {"peak_gflops_by_threads": {"2": 300.0},
+           "peak_sittings": [{"collected": "2026-01-01T10:00:00Z", "gflops": {"2": 100.0}},
+                             {"collected": "2026-01-01T12:00:00Z", "gflops": {"2": 300.0}}]}
+    task = {"tuning": {"tasks": [{"flops": 1e9}]}, "tvm": {"median_ms": 10.0}}  # 100 GFLOP/s
+    old = {"model": "a", "threads": 2, "batch": 1, "finished": "2026-01-01T11:00:00Z", "sitting": 1, **task}
+    new = {"model": "b", "threads": 2, "batch": 1, "finished": "2026-01-01T13:00:00Z", "sitting": 2,
+           "peak_gflops": 250.0, **task}
+    early = {"model": "c", "threads": 2, "batch": 1, "finished": "2026-01-01T09:00:00Z", **task}
+    assert [module.point_peak(p, env) for p in (old, new, early)] == [100.0, 250.0, 300.0]
+    assert module.share_of_peak(old, "tvm", env) == pytest.approx(1.0)
+    assert module.share_of_peak(new, "tvm", env) == pytest.approx(0.4)
+    [line] = module.sitting_lines([old, new], env)
+    assert line.startswith("- **Sittings**: 1 (2026-01-01, peak 100 GFLOP/s at 2 thread(s)): a t2 b1; 2 (")
+    assert "(2.5x between peaks at 2 thread(s))" in line and "not comparable" in line
+    steady = {**new, "peak_gflops": 110.0}
+    [line] = module.sitting_lines([old, steady], env)
+    assert "changed" not in line
+    assert module.sitting_lines([old], env) == []
+    targets = module.target_lines([{**old, "model": "resnet50", "batch": 8}], env)
+    assert "resnet50 batch 8, 2 thread(s): tuned TVM at >= 50 % of the measured fp32 peak**: met (100 %)" in targets[1]
 
 
 def test_ratio_interval_counts_the_drift_between_rounds():

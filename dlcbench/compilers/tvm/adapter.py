@@ -32,6 +32,7 @@ from dlcbench.errors import (
 )
 
 from dlcbench.compilers.base import Adapter, Availability, CompileOptions, Manifest, Session
+from dlcbench.compilers.tvm.tuning import SEARCH_GENERATIONS, SEARCH_POPULATION
 
 CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
 
@@ -75,8 +76,8 @@ class TvmOptions(CompileOptions):
     tuning_db: str | None = None
     tune_strategy: str = "evolutionary"
     tune_cost_model: str = "xgb"
-    tune_population: int = 128
-    tune_generations: int = 4
+    tune_population: int = SEARCH_POPULATION
+    tune_generations: int = SEARCH_GENERATIONS
     fast_math: bool = True
     conv_layout: str = "NHWC"
     rpc_tracker: str | None = None

@@ -50,6 +50,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dlcbench.cpus import restore_affinity, worker_env
+from dlcbench.compilers.tvm.tuning import SEARCH_GENERATIONS, SEARCH_POPULATION
 from dlcbench.errors import BadInputError, CompileError, DlcbenchError, one_line
 
 ROUND_FORMAT = "dlcbench-tuning-round/1"
@@ -205,7 +206,8 @@ def _cost_model(kind: str, ctx, database):
 def export_round(model, target_dict: dict[str, Any], database_dir: Path, trials_per_task: int, out_dir: Path, *,
                  input_shapes: dict[str, list[int]] | None = None, prepared: bool = False,
                  separate_params: bool = True, fast_math: bool = True, strategy: str = "evolutionary",
-                 cost_model: str = "xgb", population: int = 128, generations: int = 4, seed: int = 0,
+                 cost_model: str = "xgb", population: int = SEARCH_POPULATION,
+                 generations: int = SEARCH_GENERATIONS, seed: int = 0,
                  baseline: bool = True, builder_timeout_s: float = 120.0, workers: int | None = None,
                  max_tasks: int | None = None, conv_layout: str = "NHWC",
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -35,6 +35,10 @@ from dlcbench.cpus import pin_apart_from_pinned_threads, restore_affinity
 from dlcbench.config import cache_dir
 from dlcbench.errors import BackendRuntimeError, BackendUnavailableError, BadInputError, CompileError, one_line
 
+#: The evolutionary search's defaults (MetaSchedule's own are 512 and 4): see ``TuningConfig``.
+SEARCH_POPULATION = 128
+SEARCH_GENERATIONS = 4
+
 META_FILE = "dlcbench-tuning.json"
 #: Beside the records: where they were measured (``local``, ``rpc HOST:PORT key KEY``), one entry per place.
 MEASURED_ON_FILE = "dlcbench-measured-on.json"
@@ -59,8 +63,8 @@ class TuningConfig:
         seed: Search seed.
         strategy: MetaSchedule search strategy (``evolutionary``; ``replay-trace`` is cheaper per trial).
         cost_model: ``xgb`` (needs xgboost), ``mlp`` or ``random``.
-        population: Evolutionary search population; MetaSchedule's default 512 spent most of each batch mutating
-            (128: 0.46 s per convolution trial here, against 0.65 s at 256). Below 100 the random samples a search
+        population: Evolutionary search population; at MetaSchedule's default 512 most of each batch went on
+            mutating candidates (docs/tuning.md has the measurements). Below 100 the random samples a search
             round needs (MetaSchedule's ``init_min_unmeasured``, 50) drop to half the population, so that a
             round is not sampled twice over for a few invalid candidates.
         generations: Evolutionary search generations per round (MetaSchedule's ``genetic_num_iters``, 4): each
@@ -75,8 +79,8 @@ class TuningConfig:
     db: Path | None = None
     max_trials_per_task: int | None = None
     round_trials: int = 16
-    population: int = 128
-    generations: int = 4
+    population: int = SEARCH_POPULATION
+    generations: int = SEARCH_GENERATIONS
     builder_timeout_s: float = 120.0
     seed: int = 0
     strategy: str = "evolutionary"
