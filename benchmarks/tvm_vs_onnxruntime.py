@@ -17,9 +17,9 @@ is refused (start again with another ``--out``, or without ``--resume``).
 rendering and statistics (the medians, the ratio and their intervals are recomputed from the stored round medians).
 The fp32 peak behind ``% peak`` is measured right after each point's rounds, at its thread count, and at every start
 (run, sitting, or rendering on the run's machine), where each thread count keeps the run's best figure. A point is
-held against its own measurement (:func:`point_peak`): a VM's speed can change between sittings, and when it changed
-by more than :data:`SITTING_SPEED_WARN` the table says so (milliseconds of different sittings are then not
-comparable; the ratios are).
+held against its own measurement (:func:`point_peak`): a VM's speed can change between sittings, and when the
+points' peaks differ by more than :data:`SITTING_SPEED_WARN` (between sittings or within one) the table says so
+(milliseconds measured at different speeds are then not comparable; the ratios are).
 The table ends with the issue's targets against the points measured so far: each ratio bound met (the whole
 interval at or below it), not ruled out (only its lower end) or missed.
 
@@ -226,8 +226,8 @@ SITTING_SPEED_WARN = 1.2
 
 def sitting_lines(points: list[dict], env: dict) -> list[str]:
     """How fast the machine was in each sitting of the run (the peaks its points are held against), and which
-    points each sitting measured; a warning when the speed changed between sittings by more than
-    :data:`SITTING_SPEED_WARN`."""
+    points each sitting measured; a warning when those peaks differ by more than :data:`SITTING_SPEED_WARN`, between
+    sittings or within one."""
     lines, spread = [], {}
     sittings = sorted({p.get("sitting", 1) for p in points})
     for sitting in sittings:
@@ -247,9 +247,9 @@ def sitting_lines(points: list[dict], env: dict) -> list[str]:
         return []
     text = "- **Sittings**: " + "; ".join(lines) + "."
     if worst[0] > SITTING_SPEED_WARN:
-        text += (f" **The machine's speed changed between sittings** ({worst[0]:.1f}x between peaks at {worst[1]} "
-                 "thread(s)): milliseconds of points from different sittings are not comparable, their ratios are "
-                 "(each round times the two backends back to back).")
+        text += (f" **The machine's speed changed during the run** ({worst[0]:.1f}x between the peaks its points are "
+                 f"held against at {worst[1]} thread(s)): milliseconds of points measured at different speeds are not "
+                 "comparable, their ratios are (each round times the two backends back to back).")
     return [text]
 
 

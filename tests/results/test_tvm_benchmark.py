@@ -175,13 +175,18 @@ def test_points_are_held_against_their_own_sittings_peak():
     assert module.share_of_peak(new, "tvm", env) == pytest.approx(0.4)
     [line] = module.sitting_lines([old, new], env)
     assert line.startswith("- **Sittings**: 1 (2026-01-01, peak 100 GFLOP/s at 2 thread(s)): a t2 b1; 2 (")
-    assert "(2.5x between peaks at 2 thread(s))" in line and "not comparable" in line
+    assert "(2.5x between the peaks its points are held against at 2 thread(s))" in line and "not comparable" in line
+    drifting = {**old, "model": "d", "sitting": 1, "finished": "2026-01-01T11:30:00Z", "peak_gflops": 150.0}
+    [line] = module.sitting_lines([old, drifting], env)  # one sitting whose speed moved: said too
+    assert line.startswith("- **Sittings**: 1 (2026-01-01, peak 100-150 GFLOP/s at 2 thread(s)): a t2 b1, d t2 b1.")
+    assert "changed during the run** (1.5x between" in line
     steady = {**new, "peak_gflops": 110.0}
     [line] = module.sitting_lines([old, steady], env)
     assert "changed" not in line
     assert module.sitting_lines([old], env) == []
     targets = module.target_lines([{**old, "model": "resnet50", "batch": 8}], env)
-    assert "resnet50 batch 8, 2 thread(s): tuned TVM at >= 50 % of the measured fp32 peak**: met (100 %)" in targets[1]
+    assert ("resnet50 batch 8, 2 thread(s): tuned TVM at >= 50 % of the measured fp32 peak**: met (100 %)"
+            in targets[1])
 
 
 def test_ratio_interval_counts_the_drift_between_rounds():
