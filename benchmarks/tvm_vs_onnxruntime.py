@@ -219,8 +219,8 @@ def point_peak(point: dict, env: dict) -> float | None:
     return before[-1][1] if before else (env.get("peak_gflops_by_threads") or {}).get(key)
 
 
-#: Above this ratio between the fastest and slowest sittings' peaks, the table warns that milliseconds of different
-#: sittings are not comparable.
+#: Above this ratio between the highest and lowest peaks the points are held against, the table warns that
+#: milliseconds measured at different speeds are not comparable.
 SITTING_SPEED_WARN = 1.2
 
 
