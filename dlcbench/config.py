@@ -1,10 +1,12 @@
-"""Small shared rules for configuration values: where dlcbench keeps its cache, lists and positive counts.
+"""Small shared rules for configuration values: where dlcbench keeps its cache, lists, positive counts and durations.
 
 The bottom layer: imports only the standard library and :mod:`dlcbench.errors`, so every other layer may use it.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,6 +38,19 @@ def positive_int(name: str, value: Any) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise BadInputError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def positive_seconds(name: str, value: Any, allow_zero: bool = False) -> float:
+    """Returns ``value`` if it is a finite number of seconds (or minutes) above 0 (at least 0 with ``allow_zero``).
+
+    Raises:
+        BadInputError: naming ``name`` and the value given (NaN and infinity included).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < 0 or (value == 0 and not allow_zero):
+        bound = "a finite number >= 0" if allow_zero else "a positive finite number"
+        raise BadInputError(f"{name} must be {bound}, got {value!r}")
     return value
 
 

@@ -40,8 +40,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from dlcbench.config import cache_dir, positive_int
+from dlcbench.config import cache_dir, positive_int, positive_seconds
 from dlcbench.errors import BadInputError, DlcbenchError, UnsupportedOpError, one_line
+from dlcbench.outputs import check_file_replaceable, write_file_atomically
 from dlcbench.results.store import DEFAULT_DB
 from dlcbench.orchestrate.launcher import (
     become_worker, classify_exit, end_group, owned_mkdtemp, remove_owned, start_worker,
@@ -544,8 +545,9 @@ class CoverageConfig:
         self.run = self.run or f"onnx-{onnx_version()}"
         positive_int("threads", self.threads)
         positive_int("jobs", self.jobs)
-        if not self.timeout_s > 0:  # also refuses NaN
-            raise BadInputError(f"the per-test timeout must be positive, got {self.timeout_s}")
+        positive_seconds("the per-test timeout", self.timeout_s)
+        if self.markdown is not None:  # before any test runs: never over a file dlcbench did not write
+            self.markdown = check_file_replaceable(Path(self.markdown), MARKDOWN_TITLE, "a coverage table")
 
 
 def onnx_backends(names: list[str] | None = None, say: Callable[[str], None] = lambda s: None) -> list[str]:
@@ -672,9 +674,8 @@ def run_coverage(config: CoverageConfig, progress: Callable[[str], None] | None 
     summary = summarize(rows, backends)
     markdown = None
     if config.markdown:
-        markdown = Path(config.markdown)
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(render_markdown(rows, backends, config, tests))
+        markdown = check_file_replaceable(Path(config.markdown), MARKDOWN_TITLE, "a coverage table")
+        write_file_atomically(markdown, render_markdown(rows, backends, config, tests))
     return {"run": config.run, "tests": len(tests), "backends": backends, "summary": summary,
             "markdown": str(markdown) if markdown else None}
 
@@ -758,6 +759,10 @@ other failures; so the percentages below are comparable in kind, not to the digi
 """
 
 
+#: The first line of :func:`render_markdown`'s table: ``--markdown`` replaces only a file that starts with it.
+MARKDOWN_TITLE = re.compile(r"# ONNX operator coverage$")
+
+
 def render_markdown(rows: list[dict[str, Any]], backends: list[str], config: CoverageConfig | None = None,
                     tests: list[NodeTest] | None = None) -> str:
     """The coverage matrix as Markdown: summary, operator x backend table, failures by backend."""
@@ -768,7 +773,7 @@ def render_markdown(rows: list[dict[str, Any]], backends: list[str], config: Cov
     when = max((r["created"] for r in rows), default=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     limit = f"{config.timeout_s:g} s" if config else "a time limit"
     lines = [
-        "# ONNX operator coverage",
+        "# ONNX operator coverage",  # MARKDOWN_TITLE
         "",
         f"The node tests of onnx {onnx_version()} ({n_tests} tests over {n_ops} operators"
         f"{'' if config is None or config.expanded else ', function-expanded variants excluded'}), each compiled,"

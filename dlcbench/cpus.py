@@ -47,6 +47,12 @@ def allowed_cpus() -> frozenset[int] | None:
     return _GIVEN
 
 
+def default_threads() -> int:
+    """The thread count a job gets when none is given: the CPUs this process may use (a user's ``taskset``,
+    a container's cpuset), not every CPU of the machine."""
+    return len(_GIVEN) if _GIVEN else (os.cpu_count() or 1)
+
+
 def current_cpus() -> frozenset[int] | None:
     """The CPUs the calling thread may run on now; None off Linux."""
     return _current()

@@ -370,3 +370,48 @@ def staged_output(path: Path, kind: OutputKind) -> Iterator[Path]:
     finally:
         staged.discard()
 
+
+# --------------------------------------------------------------------------- single files a user names
+
+
+def check_file_replaceable(path: Path, ours: re.Pattern, what: str) -> Path:
+    """Checks that dlcbench may write the file ``path`` (a Markdown table a user named); touches nothing.
+
+    Allowed: a path that does not exist (its parent can be created), an empty file, or a file whose first line
+    matches ``ours`` (one dlcbench wrote, such as an earlier run's table).
+
+    Raises:
+        BadInputError: a directory, or a file that is neither empty nor dlcbench's, saying why.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"cannot write {what} to {path}: it is a directory; give a file path")
+    if os.path.lexists(path):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as file:
+                first = file.readline().rstrip("\n")
+            empty = os.path.getsize(path) == 0
+        except OSError as err:
+            raise BadInputError(f"cannot write {what} to {path}: {err.strerror}") from None
+        if not empty and not ours.match(first):
+            raise BadInputError(f"refusing to overwrite {path}: it is not {what} dlcbench wrote (its first line is "
+                                f"{first[:60]!r}); give another path, or move it away")
+    ancestor = path.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot write {what} to {path}: {ancestor} is not a writable directory")
+    return path
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Writes ``text`` to a hidden sibling of ``path`` and renames it into place: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.parent / temp_name(f".{path.name}.tmp-")
+    try:
+        temp.write_text(text)
+        os.replace(temp, path)
+    finally:
+        if os.path.lexists(temp):
+            os.unlink(temp)

@@ -19,7 +19,8 @@ import sys
 from typing import Iterator
 
 from dlcbench import jsonio
-from dlcbench.cli.common import add_input_arguments, parse_params
+from dlcbench.cli.common import add_input_arguments, batch_of, parse_params
+from dlcbench.cpus import default_threads
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 from dlcbench.quiet import set_verbose
 
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fp32, fp16, bf16 or int8: the backend's precision and the default tolerances")
     parser.add_argument("--batch", type=int, default=None,
                         help="batch size (default: the leading dimension of the first --input-shape, else 1)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for the backend")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="CPU threads for the backend (default: the CPUs this process may use)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="backend option, e.g. fast_math=true (typed as the backend's Options field)")
     parser.add_argument("--tolerance", action="append", metavar="[TENSOR:]abs=X,rel=Y,cosine=Z",
@@ -81,11 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.backend or not args.model:
         raise BadInputError("--backend and --model are required (see --help)")
     from dlcbench.measure.bisect import BisectConfig
-    from dlcbench.models.inputs import parse_input_shapes
 
-    if args.batch is None:
-        shapes = parse_input_shapes(args.input_shape)
-        args.batch = next(iter(shapes.values()))[0] if shapes else 1
+    args.batch = batch_of(args)
     config = BisectConfig(
         backend=args.backend, model=args.model, preset=args.preset, params=parse_params(args.param),
         target=args.target, precision=args.precision, batch=args.batch, threads=args.threads,

@@ -64,6 +64,16 @@ def input_config(args: argparse.Namespace) -> dict:
             "accuracy": getattr(args, "accuracy", False)}
 
 
+def batch_of(args: argparse.Namespace) -> int:
+    """``--batch``, else the leading dimension of the first ``--input-shape``, else 1."""
+    if args.batch is not None:
+        return args.batch
+    from dlcbench.models.inputs import parse_input_shapes
+
+    shapes = parse_input_shapes(args.input_shape)
+    return next(iter(shapes.values()))[0] if shapes else 1
+
+
 def timing_config(args: argparse.Namespace):
     """The :class:`dlcbench.measure.timing.TimingConfig` of :func:`add_timing_arguments`' flags."""
     from dlcbench.measure.timing import TimingConfig

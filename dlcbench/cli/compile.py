@@ -7,13 +7,15 @@ child process (:func:`dlcbench.orchestrate.launcher.run_supervised`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 
-from dlcbench.cli.common import add_input_arguments, add_timing_arguments, input_config, parse_params, timing_config
+from dlcbench.cli.common import (add_input_arguments, add_timing_arguments, batch_of, input_config, parse_params,
+                                  timing_config)
 from dlcbench import jsonio
+from dlcbench.config import positive_seconds
+from dlcbench.cpus import default_threads
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 from dlcbench.quiet import set_verbose
 
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="fp32", help="fp32, fp16, bf16 or int8 (default: fp32)")
     parser.add_argument("--batch", type=int, default=None,
                         help="batch size (default: the leading dimension of the first --input-shape, else 1)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for the backend")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="CPU threads for the backend (default: the CPUs this process may use)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="backend option, e.g. opt_level=basic (typed as the backend's Options field; target, "
                              "precision, threads and batch have their own flags)")
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="measure on TVM RPC servers (dlcbench rpc start): tuning candidates on every free server "
                              "of --rpc-key, then the artifact is checked and timed on one of them")
     tuning.add_argument("--rpc-key", default=None, metavar="KEY", help="the RPC servers' key (with --rpc-tracker)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="kill the job (export, compile, tuning, check and timing) after this long: exit 7 "
+                             "(default: no limit)")
     parser.add_argument("--compile-only", action="store_true",
                         help="write the artifact (with inputs and reference) without running it, e.g. --target cuda here")
     parser.add_argument("--json", action="store_true", help="print the result JSON (only it, on stdout) instead of the summary")
@@ -99,11 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise BadInputError(f"--{flag.replace('_', '-')} applies to --backend tvm only")
             backend_options[key] = getattr(args, flag)
     from dlcbench.measure.job import JobConfig
-    from dlcbench.models.inputs import parse_input_shapes
 
-    if args.batch is None:
-        shapes = parse_input_shapes(args.input_shape)
-        args.batch = next(iter(shapes.values()))[0] if shapes else 1
+    args.batch = batch_of(args)
+    if args.timeout is not None:
+        positive_seconds("--timeout", args.timeout)
     config = JobConfig(
         backend=args.backend, model=args.model, preset=args.preset, params=parse_params(args.param),
         target=args.target, precision=args.precision, batch=args.batch, threads=args.threads, out_dir=args.out,
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The job runs in a child process: a crash there becomes one error line here, and only this process
     # writes to stdout (the child's stdout goes to stderr), so libraries that print cannot break --json.
-    outcome = run_supervised(config)
+    outcome = run_supervised(config, args.timeout)
     result = outcome["result"]
     print(jsonio.dumps(result, indent=2, default=str) if args.json else outcome["summary"])
     print(f"artifact  {config.out_dir} (result.json inside)", file=sys.stderr)

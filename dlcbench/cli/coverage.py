@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="results database")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="Markdown output (default: benchmarks/results/coverage.md with --all, else "
-                             "reports/coverage/RUN.md)")
+                             "reports/coverage/RUN.md); an existing file only if empty or a coverage table dlcbench "
+                             "wrote")
     parser.add_argument("--data", type=Path, default=None,
                         help="a node test directory (onnx/backend/test/data/node layout); default: generated "
                              "from the onnx package into the cache")

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", type=Path, help="results JSON written by a stage's run.py")
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="results database")
     parser.add_argument("--experiment", default=None, help="experiment name (default: gpu-<gpu name> or stage-cpu-<cpu>)")
-    parser.add_argument("--table", type=Path, default=None, help="also write the Markdown comparison table here")
+    parser.add_argument("--table", type=Path, default=None,
+                        help="also write the Markdown comparison table here (an existing file only if empty or a "
+                             "table dlcbench wrote)")
     parser.add_argument("--stage", type=Path, default=None,
                         help="the stage that ran: its measured tuning rounds are committed to the MetaSchedule database")
     parser.add_argument("--tuning-db", type=Path, default=None,
@@ -37,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None,
                         help="the table's speedup baseline series (default: torch@cuda on a GPU, torch on a CPU)")
     args = parser.parse_args(argv)
-    from dlcbench.stage.results import import_results, render_table
+    from dlcbench.outputs import check_file_replaceable, write_file_atomically
+    from dlcbench.stage.results import TABLE_TITLE, import_results, render_table
+
+    if args.table:  # before anything is imported: never over a file dlcbench did not write
+        check_file_replaceable(args.table, TABLE_TITLE, "a results table")
 
     summary = import_results(args.results, args.db, args.experiment, stage_dir=args.stage, tuning_db=args.tuning_db)
     print(f"imported {summary['rows']} row(s) ({summary['ok']} ok, {summary['failed']} failed) into experiment "
@@ -58,12 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         from dlcbench.stage import legacy
 
-        args.table.parent.mkdir(parents=True, exist_ok=True)
         if summary.get("legacy"):  # an earlier bundle's results
             text = legacy.render_bundle_table(legacy.load_bundle_results(args.results))
         else:
             text = render_table(args.db, summary["experiment"], args.baseline)
-        args.table.write_text(text)
+        write_file_atomically(args.table, text)
         print(f"table: {args.table}")
     return ExitCode.OK
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dlcbench.cli.common import parse_params
+from dlcbench.cli.common import add_input_arguments, batch_of, parse_params
 from dlcbench.errors import ExitCode, run_cli
 
 
@@ -23,13 +23,15 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("model", help="zoo name, .keras file, SavedModel directory or .onnx file")
     exp.add_argument("--preset", default="default", choices=["tiny", "default"])
     exp.add_argument("--param", action="append", metavar="KEY=VALUE", help="override a preset parameter")
-    exp.add_argument("--batch", type=int, default=1)
+    exp.add_argument("--batch", type=int, default=None,
+                     help="batch size (default: the leading dimension of the first --input-shape, else 1)")
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--opset", type=int, default=17)
     exp.add_argument("--static", action="store_true", help="static batch instead of a dynamic one")
     exp.add_argument("--fold", action="store_true", help="TVM-friendly variant: static shapes + constant folding")
     exp.add_argument("--force", action="store_true", help="rebuild even if cached")
     exp.add_argument("--cache-dir", default=None)
+    add_input_arguments(exp, accuracy=False)
     return parser
 
 
@@ -50,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
     exported = export_model(
         ExportConfig(
-            model=args.model, preset=args.preset, params=parse_params(args.param), batch=args.batch,
+            model=args.model, preset=args.preset, params=parse_params(args.param), batch=batch_of(args),
             seed=args.seed, opset=args.opset, static=args.static, fold=args.fold, force=args.force,
-            cache_dir=args.cache_dir,
+            cache_dir=args.cache_dir, input_shapes=args.input_shape, input_ranges=args.input_range,
+            inputs_file=args.inputs,
         )
     )
     summary = exported.meta["summary"]

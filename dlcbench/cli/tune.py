@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dlcbench.cli.common import add_input_arguments, input_config
+from dlcbench.cli.common import add_input_arguments, batch_of, input_config
 from dlcbench.compilers.tvm.tuning import SEARCH_GENERATIONS, SEARCH_POPULATION
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 
@@ -21,8 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", required=True, help="zoo name or model file")
     parser.add_argument("--preset", default="default")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="num-cores of the target (default: all)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size (default: the leading dimension of the first --input-shape, else 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="num-cores of the target (default: the CPUs this process may use)")
     parser.add_argument("--trials", type=int, default=0, help="measured trials for this model")
     parser.add_argument("--minutes", type=float, default=0.0, help="time budget")
     parser.add_argument("--tuning-db", default=None, help="database directory (default: one per target)")
@@ -43,15 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="artifact directory (default: out/tune-MODEL-bN); an existing one is replaced only if "
                              "it is empty or an earlier artifact")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="kill the job after this long: exit 7 (default: no limit; give --minutes some slack)")
     add_input_arguments(parser, accuracy=False)
     args = parser.parse_args(argv)
     if not args.trials and not args.minutes:
         raise BadInputError("give --trials and/or --minutes")
-    import os
-
+    from dlcbench.config import positive_seconds
+    from dlcbench.cpus import default_threads
     from dlcbench.measure.job import JobConfig
     from dlcbench.orchestrate.launcher import run_supervised
 
+    args.batch = batch_of(args)
+    if args.timeout is not None:
+        positive_seconds("--timeout", args.timeout)
     options = {"tune_trials": args.trials, "tune_minutes": args.minutes, "tune_strategy": args.strategy,
                "tune_cost_model": args.cost_model, "conv_layout": args.conv_layout,
                "tune_population": args.population, "tune_generations": args.generations}
@@ -60,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.rpc_tracker or args.rpc_key:
         options.update(rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key)
     job = JobConfig(backend="tvm", model=args.model, preset=args.preset, batch=args.batch,
-                    threads=args.threads or os.cpu_count() or 1, backend_options=options, compile_only=True, **input_config(args),
+                    threads=default_threads() if args.threads is None else args.threads, backend_options=options,
+                    compile_only=True, **input_config(args),
                     out_dir=args.out or Path("out") / f"tune-{Path(args.model).stem}-b{args.batch}")
-    result = run_supervised(job)["result"]  # in its own worker: a crash in TVM is one line, exit 7
+    result = run_supervised(job, args.timeout)["result"]  # in its own worker: a crash in TVM is one line, exit 7
     tuning = result["manifest"]["extra"]["tuning"]
     print(f"database  {tuning['db']}")
     print(f"tuning    {tuning['new_trials']} new trials in {tuning['seconds']:.1f} s"
@@ -79,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         note = f"  failed: {task['failed'][:60]}" if task.get("failed") else ""
         print(f"{task['name'][:40]:<40} {task['weight']:>5} {task['share'] * 100:>9.1f}% {task['existing']:>5} "
               f"{task['new_trials']:>5} {best:>9} {task.get('seconds', 0):>8.1f}{note}")
-    print(f"curve     {job.out_dir / 'tuning_curve.png'}")
+    files = result["manifest"].get("files") or {}
+    curve = files.get("tuning_curve_plot") or files.get("tuning_curve")  # no plot without matplotlib
+    if curve:
+        print(f"curve     {job.out_dir / curve}")
     return ExitCode.OK
 
 

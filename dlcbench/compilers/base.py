@@ -13,7 +13,6 @@ import dataclasses
 import importlib
 import inspect
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 
 from dlcbench import __version__, jsonio
 from dlcbench.config import positive_int
+from dlcbench.cpus import default_threads
 from dlcbench.files import sha256_file
 from dlcbench.errors import BackendUnavailableError, BadInputError, CompileError, DlcbenchError, one_line
 from dlcbench.fieldtypes import coerce_fields
@@ -62,7 +62,7 @@ class CompileOptions:
 
     target: str = "cpu"
     precision: str = "fp32"
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = field(default_factory=default_threads)
     batch: int = 1
 
     def __post_init__(self):

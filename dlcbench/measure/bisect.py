@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dlcbench.config import positive_int
+from dlcbench.cpus import default_threads
 from dlcbench.errors import (BackendUnavailableError, BadInputError, CompileError, DlcbenchError,
                              UnsupportedOpError, one_line)
 from dlcbench.measure.check import (ACCURACY_FAIL, check_outputs, check_override_outputs, parse_tolerance_overrides,
@@ -52,7 +53,7 @@ class BisectConfig:
     target: str = "cpu"
     precision: str = "fp32"
     batch: int = 1
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = field(default_factory=default_threads)
     backend_options: dict[str, Any] = field(default_factory=dict)
     tolerances: list[str] = field(default_factory=list)
     seed: int = 0

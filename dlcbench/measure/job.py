@@ -22,6 +22,7 @@ from dlcbench import jsonio
 from dlcbench.config import positive_int
 from dlcbench.cpus import current_cpus, restore_affinity
 from dlcbench.compilers.base import REGIONS
+from dlcbench.cpus import default_threads
 from dlcbench.models.export import names_a_file
 from dlcbench.errors import BadInputError, one_line
 from dlcbench.measure.check import check_outputs, check_override_outputs, join_batches, parse_tolerance_overrides
@@ -83,7 +84,7 @@ class JobConfig:
     target: str = "cpu"
     precision: str = "fp32"
     batch: int = 1
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = field(default_factory=default_threads)
     out_dir: Path | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)
     tolerances: list[str] = field(default_factory=list)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dlcbench.config import positive_seconds
 from dlcbench.errors import BadInputError
 
 #: A robust spread (p90 - p10) / median above this flags a timing unstable. Chosen from measured runs of the
@@ -56,8 +57,9 @@ class TimingConfig:
     def __post_init__(self):
         if self.warmup_iters < 0 or self.min_iters < 1 or self.max_iters < self.min_iters:
             raise BadInputError("timing needs warmup_iters >= 0 and 1 <= min_iters <= max_iters")
-        if self.warmup_seconds < 0 or self.min_seconds < 0 or self.max_seconds <= 0:
-            raise BadInputError("timing durations must be non-negative (max_seconds positive)")
+        positive_seconds("warmup_seconds", self.warmup_seconds, allow_zero=True)
+        positive_seconds("min_seconds", self.min_seconds, allow_zero=True)
+        positive_seconds("max_seconds", self.max_seconds)
         if not 0 <= self.ci_target < 1:
             raise BadInputError(f"the interval target must be a fraction in [0, 1) (0.01 = +-1 %), got {self.ci_target}")
 

@@ -419,8 +419,21 @@ def _keras_io(model) -> tuple[list[DeclaredInput], list[str]]:
     tables = [layer.input_dim for layer in _all_layers(model) if type(layer).__name__ == "Embedding"]
     if len(integer) == 1 and tables:
         integer[0].int_range, integer[0].range_source = (0, min(tables)), f"model: Embedding of {min(tables)} rows"
+    try:
+        structure = model.output
+    except (AttributeError, ValueError, RuntimeError):  # a subclassed model has no symbolic output
+        structure = None
+    if isinstance(structure, dict):  # named outputs: their keys, in Keras' flattening order (sorted)
+        return declared, sorted(structure)
     names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
     return declared, names
+
+
+def _output_list(outs) -> list:
+    """A Keras model call's outputs as a list in :func:`_keras_io`'s order (a dict's by its sorted keys)."""
+    if isinstance(outs, dict):
+        return [outs[k] for k in sorted(outs)]
+    return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
 
 def _all_layers(model):
@@ -438,8 +451,7 @@ def _keras_to_onnx(model, specs, output_names, cfg: ExportConfig):
 
     @tf.function(input_signature=signature)
     def serve(*args):
-        outs = model(list(args) if len(args) > 1 else args[0], training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        outs = _output_list(model(list(args) if len(args) > 1 else args[0], training=False))
         return {name: tf.identity(t) for name, t in zip(output_names, outs)}
 
     return _convert_function(serve, cfg)
@@ -751,8 +763,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
 
         def framework(batch):
             feed = [batch[s.name] for s in specs]
-            outs = model(feed if len(feed) > 1 else feed[0], training=False)
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            outs = _output_list(model(feed if len(feed) > 1 else feed[0], training=False))
             return {n: np.asarray(t) for n, t in zip(output_names, outs)}
 
         model_proto = _keras_to_onnx(model, specs, output_names, cfg)

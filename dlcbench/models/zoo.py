@@ -47,15 +47,17 @@ class InputSpec:
 def sample_inputs(specs: list[InputSpec], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Generates deterministic sample inputs for ``specs`` at ``batch``.
 
-    Floats are standard normal, integers uniform in ``[spec.low, spec.high)``; the same
-    seed always gives the same arrays, so every backend sees identical data.
+    Floats are standard normal, integers uniform in ``[spec.low, spec.high)``, booleans True or False with
+    equal odds; the same seed always gives the same arrays, so every backend sees identical data.
     """
     positive_int("batch", batch)
     rng = np.random.default_rng(seed)
     arrays = {}
     for spec in specs:
         shape = (batch, *spec.shape)
-        if np.issubdtype(np.dtype(spec.dtype), np.integer):
+        if np.dtype(spec.dtype) == np.bool_:
+            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+        elif np.issubdtype(np.dtype(spec.dtype), np.integer):
             arrays[spec.name] = rng.integers(spec.low, max(spec.high, spec.low + 1), size=shape).astype(spec.dtype)
         else:
             arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)

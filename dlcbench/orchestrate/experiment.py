@@ -11,7 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from dlcbench.config import positive_int, split_list
+from dlcbench.config import positive_int, positive_seconds, split_list
 from dlcbench.errors import BackendUnavailableError, BadInputError
 from dlcbench.orchestrate.launcher import run_interleaved, run_isolated
 from dlcbench.models.export import names_a_file
@@ -130,8 +130,7 @@ class ExperimentConfig:
             positive_int("batch", batch)
         for count in self.threads:
             positive_int("threads", count)
-        if not self.timeout_s > 0:
-            raise BadInputError(f"the job timeout must be positive, got {self.timeout_s}")
+        positive_seconds("the job timeout", self.timeout_s)
         check_region(self.region)
         from dlcbench.models.inputs import parse_input_ranges, parse_input_shapes
 
@@ -151,8 +150,8 @@ class ExperimentConfig:
             from dlcbench.orchestrate.ray_launcher import RayConfig
 
             self.ray_address = RayConfig(self.ray_address).address  # validated here, with the rest
-        if self.db_wait is not None and not self.db_wait >= 0:
-            raise BadInputError(f"the database wait must be >= 0 seconds, got {self.db_wait}")
+        if self.db_wait is not None:
+            positive_seconds("the database wait", self.db_wait, allow_zero=True)
         self.precision = split_list(self.precision) if isinstance(self.precision, (str, list, tuple)) else []
         if not self.precision:
             raise BadInputError(f"give at least one precision; valid: {', '.join(PRECISIONS)}")

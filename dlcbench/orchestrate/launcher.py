@@ -133,17 +133,30 @@ _live_lock = threading.Lock()
 _exiting = False
 
 
-def start_worker(argv: list[str], env: dict[str, str] | None = None, **popen_kwargs: Any) -> subprocess.Popen:
-    """Starts ``python ARGV`` as an isolated worker in its own session; ``env`` adds to this environment.
+def _python_path(extra: str | None) -> str:
+    """A worker's ``PYTHONPATH``: the directory holding this dlcbench (unless it is a site directory, which
+    Python adds anyway), then the caller's entries."""
+    import site
 
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sites = {os.path.abspath(p) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    return os.pathsep.join(filter(None, [None if root in sites else root, extra]))
+
+
+def start_worker(argv: list[str], env: dict[str, str] | None = None, **popen_kwargs: Any) -> subprocess.Popen:
+    """Starts ``python -P ARGV`` as an isolated worker in its own session; ``env`` adds to this environment.
+
+    ``-P``: the current directory is not put on the worker's ``sys.path``, so a user's ``onnx.py`` there cannot
+    stand in for a library; the dlcbench that starts it is on ``PYTHONPATH`` instead, installed or not.
     The worker should call :func:`become_worker` first. Pair every start with :func:`end_group` (or
     :func:`wait_worker`, which ends it).
     """
+    environment = {**os.environ, **(env or {}), **worker_env(), LAUNCHER_PID_ENV: str(os.getpid())}
+    environment["PYTHONPATH"] = _python_path(environment.get("PYTHONPATH"))
     with _live_lock:
         if _exiting:
             raise RuntimeError("the interpreter is exiting: no new worker")
-        proc = subprocess.Popen([sys.executable, *argv], start_new_session=True,
-                                env={**os.environ, **(env or {}), **worker_env(), LAUNCHER_PID_ENV: str(os.getpid())},
+        proc = subprocess.Popen([sys.executable, "-P", *argv], start_new_session=True, env=environment,
                                 **popen_kwargs)
         _live[proc.pid] = proc
     _janitor.register("group", proc.pid)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dlcbench.errors import BadInputError
+from dlcbench.errors import BackendUnavailableError, BadInputError
 from dlcbench.measure.timing import (NO_DIFFERENCE, SPREAD_FLAG, compare_medians, compare_rounds, hull,
                                      statistics, verdict_of)
 from dlcbench.measure.trackers import REGION_METRICS, UNRECORDED, metric_of, metric_region, region_latency, value_of
@@ -21,7 +21,11 @@ from dlcbench.results.store import ResultsStore
 
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise BackendUnavailableError("the report's plots need matplotlib, which is not installed: "
+                                      "pip install -e '.[report]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -480,7 +484,9 @@ def write_report(db: Path, experiment: str, out_dir: Path, baseline: str | None 
     Raises:
         BadInputError: unknown experiment, one with no successful job to plot, or an ``out_dir``
             that is a file or holds something other than a report.
+        BackendUnavailableError: matplotlib is not installed.
     """
+    _plt()  # before anything is written
     with staged_output(Path(out_dir), REPORT) as staging:
         _write_report_files(db, experiment, staging, baseline)
     return Path(out_dir) / "report.md"

@@ -182,6 +182,11 @@ def _verdict(row: dict[str, Any]) -> str:
     return "FAIL" if row.get("category") == "accuracy_fail" else (row.get("category") or "failed").upper()
 
 
+#: The first line of a table :func:`render_table` (or an earlier bundle's table) writes: ``--table`` replaces only a
+#: file that starts with it.
+TABLE_TITLE = re.compile(r"# (.+: a dlcbench stage on \S+|TVM \S+ artifacts on .+)$")
+
+
 def render_table(db: Path, experiment: str, baseline: str | None = None) -> str:
     """Markdown: the machine, then per model, batch and precision every backend's check verdict, latency with its
     95 % interval, native timer, compile time and where it compiled, speedup over ``baseline`` (default: PyTorch

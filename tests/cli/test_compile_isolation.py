@@ -74,6 +74,15 @@ def test_signalled_compile_ends_its_child(tmp_path, sig, code):
     assert wait_for(lambda: not live_processes_with(marker), 20)  # the janitor leaves once we are gone
 
 
+def test_a_hanging_backend_is_killed_at_the_timeout(tmp_path):
+    marker = uuid.uuid4().hex
+    proc = compile_cli("--backend", "hang", "--model", "mlp", *FAST, "--timeout", "45", "--out", str(tmp_path / "a"),
+                       env={"DLCBENCH_TEST_RUN": marker}, timeout=300)
+    assert_one_line_error(proc, ExitCode.JOB_DIED, "the hang job on mlp had no result after 45 s; killed")
+    assert not any("dlcbench.orchestrate.worker" in c for c in live_processes_with(marker).values())
+    assert not (tmp_path / "a").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 @pytest.mark.slow
 def test_json_parses_after_tvm_tuning(tmp_path):
     # MetaSchedule's logger writes to stdout; the child's stdout goes to stderr, so --json stays clean.

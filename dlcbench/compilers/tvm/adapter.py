@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dlcbench import jsonio
-from dlcbench.config import positive_int
+from dlcbench.config import positive_int, positive_seconds
 from dlcbench.cpus import pin_apart_from_pinned_threads
 from dlcbench.errors import (
     BackendRuntimeError,
@@ -91,8 +91,9 @@ class TvmOptions(CompileOptions):
             raise BadInputError("--rpc-tracker measures cpu targets only (cuda artifacts go through a stage)")
         if self.arch not in CUDA_ARCHS:
             raise BadInputError(f"unknown CUDA arch {self.arch!r}; valid: {', '.join(CUDA_ARCHS)}")
-        if self.tune_trials < 0 or self.tune_minutes < 0:
-            raise BadInputError("tune_trials and tune_minutes must be non-negative")
+        if self.tune_trials < 0:
+            raise BadInputError(f"tune_trials must be non-negative, got {self.tune_trials}")
+        positive_seconds("tune_minutes", self.tune_minutes, allow_zero=True)
         positive_int("tune_population", self.tune_population)
         if isinstance(self.tune_generations, bool) or not isinstance(self.tune_generations, int) \
                 or self.tune_generations < 0:
