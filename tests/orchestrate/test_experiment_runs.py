@@ -87,7 +87,7 @@ def test_relative_model_paths_repeats_and_artifacts_follow_the_callers_directory
     (["--backends", "onnxruntime,nope"], "unknown backend 'nope'"),
     (["--models", "mlp,models/missing.onnx"], "model file not found: models/missing.onnx"),
     (["--models", "mlp,nope"], "unknown model 'nope'"),
-    (["--db-wait", "-1"], "must be >= 0"),
+    (["--db-wait", "-1"], "the database wait must be a finite number >= 0, got -1.0"),
 ])
 def test_a_bad_matrix_is_one_line_and_exit_2_before_anything_runs(tmp_path, args, fragment):
     proc = compare(tmp_path, "--name", "bad", "--models", "mlp", "--batch", "1", *FAST, "--db", "r.sqlite", *args)
