@@ -291,7 +291,7 @@ class _ChunkRunner:
     def _run_one(self, chunk: list[str]) -> dict[str, np.ndarray]:
         import shutil
 
-        from dlcbench.models.export import wrap_onnx
+        from dlcbench.models.export import ORT_REFERENCE, wrap_onnx
 
         self.compiles += 1
         work = self.root / f"chunk-{self.compiles}"
@@ -301,7 +301,7 @@ class _ChunkRunner:
             names = [o.name for o in augmented.graph.output]
             wrapped = wrap_onnx(augmented, work / "model", f"{self.name}-bisect", inputs=self.inputs,
                                 reference={n: self.reference[n] for n in names if n in self.reference},
-                                reference_source="onnxruntime")
+                                reference_source=ORT_REFERENCE)
             artifact.mkdir(parents=True)
             self.say(f"compiling with {self.adapter.name} ({len(chunk)} intermediate tensors exposed)")
             self.adapter.compile_into(wrapped, self.options, artifact)

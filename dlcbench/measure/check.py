@@ -116,10 +116,11 @@ class OutputCheck:
 
 @dataclass
 class CheckReport:
-    """The verdict over all outputs."""
+    """The verdict over all outputs; ``note`` says how the check batches were compared when not as one."""
 
     passed: bool
     outputs: list[OutputCheck]
+    note: str = ""
 
     @property
     def category(self) -> str | None:
@@ -158,7 +159,7 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "category": self.category, "trivial_check": self.trivial_check,
-                "outputs": [asdict(o) for o in self.outputs]}
+                "outputs": [asdict(o) for o in self.outputs], **({"note": self.note} if self.note else {})}
 
 
 def _first_at(mask: np.ndarray, limit: int = 3) -> str:
@@ -269,6 +270,16 @@ def join_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         arrays = [np.asarray(b[name]) for b in batches if name in b]
         joined[name] = np.stack(arrays) if arrays[0].ndim == 0 else np.concatenate(arrays)
     return joined
+
+
+def joinable(batches: list[dict[str, np.ndarray]]) -> bool:
+    """Whether :func:`join_batches` can join these batches: each name's arrays agree on all but the leading axis
+    (an output whose shape depends on the data, such as the boxes kept by a non-max suppression, may not)."""
+    for name in batches[0]:
+        shapes = {np.shape(b[name])[1:] if np.ndim(b[name]) else None for b in batches if name in b}
+        if len(shapes) > 1:
+            return False
+    return True
 
 
 def distinct_rows(inputs: dict[str, np.ndarray]) -> list[int]:

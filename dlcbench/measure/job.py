@@ -25,7 +25,8 @@ from dlcbench.compilers.base import REGIONS
 from dlcbench.cpus import default_threads
 from dlcbench.models.export import names_a_file
 from dlcbench.errors import BadInputError, one_line
-from dlcbench.measure.check import check_outputs, check_override_outputs, join_batches, parse_tolerance_overrides
+from dlcbench.measure.check import (check_outputs, check_override_outputs, join_batches, joinable,
+                                    parse_tolerance_overrides)
 from dlcbench.measure.machine import cpu_snapshot, machine_load, worst_load
 from dlcbench.measure.timing import (TimingConfig, ci_target_met, measure, rounds_interval, rounds_median,
                                      statistics)
@@ -212,12 +213,20 @@ class OpenJob:
         self.session.__enter__()
         # The sample batch and the export's extra check batches, joined into rows: enough distinct inputs
         # to flag outputs that do not depend on them (copies: a session may reuse its output buffers).
-        outputs = join_batches([{k: np.array(v) for k, v in self.session.run(x).items()} for x, _ in batches])
-        self.report = check_outputs(
-            outputs, join_batches([ref for _, ref in batches]), config.precision,
-            parse_tolerance_overrides(config.tolerances), classifier=self.model.meta.get("task") == "classifier",
-            inputs=join_batches([x for x, _ in batches]),
-        )
+        runs = [{k: np.array(v) for k, v in self.session.run(x).items()} for x, _ in batches]
+        references = [ref for _, ref in batches]
+
+        def check(got, expected, inputs):
+            return check_outputs(got, expected, config.precision, parse_tolerance_overrides(config.tolerances),
+                                 classifier=self.model.meta.get("task") == "classifier", inputs=inputs)
+
+        if joinable(runs) and joinable(references):
+            self.report = check(join_batches(runs), join_batches(references), join_batches([x for x, _ in batches]))
+        else:  # an output's shape changes with the input: each batch on its own, the first failure reported
+            reports = [check(got, ref, x) for got, ref, (x, _) in zip(runs, references, batches)]
+            self.report = next((r for r in reports if not r.passed), reports[0])
+            self.report.note = (f"checked batch by batch ({len(reports)} batches): an output's shape changes "
+                                "with the input")
         if config.accuracy:
             from dlcbench.measure.accuracy import measure_accuracy
 
@@ -442,7 +451,9 @@ def _built(config: JobConfig, manifest, model, export_seconds: float, artifact_d
     return {
         "config": {**asdict(config), "out_dir": str(config.out_dir)}, "manifest": asdict(manifest),
         "model": {"name": model.name, "reference_source": model.meta["reference_source"],
-                  "summary": model.meta["summary"], "export_dir": str(model.directory), "cache_hit": model.cache_hit},
+                  "summary": model.meta["summary"], "inputs": model.meta.get("inputs", []),
+                  "input_data": bool(model.meta.get("input_data")),
+                  "export_dir": str(model.directory), "cache_hit": model.cache_hit},
         "compile_seconds": manifest.compile_seconds, "export_seconds": round(export_seconds, 4),
         "artifact_bytes": artifact_size(artifact_dir), "peak_rss_mb": round(peak_rss_mb(), 1),
     }
@@ -457,6 +468,13 @@ def _compile_only_result(config: JobConfig, manifest, model, export_seconds: flo
     shutil.copyfile(model.directory / "reference.npz", directory / "reference.npz")
     (directory / "result.json").write_text(jsonio.dumps(result.to_dict(), indent=2, default=str))
     return result
+
+
+def _ranges_line(inputs: list[dict]) -> list[str]:
+    """The ``inputs`` summary line: each drawn integer input's range and where it came from (none: no line)."""
+    ranged = [f"{i['name']} {i['dtype']} in [{i['range'][0]}, {i['range'][1]}) ({i['range_source']})"
+              for i in inputs if i.get("range")]
+    return ["inputs    " + "; ".join(ranged)] if ranged else []
 
 
 def format_summary(result: JobResult) -> str:
@@ -477,8 +495,10 @@ def format_summary(result: JobResult) -> str:
         f"backend   {result.manifest['backend']} {result.manifest['backend_version']} "
         f"({result.manifest['target']}, {result.manifest['precision']}, batch {result.manifest['batch']})",
         f"model     {result.model['name']} (reference: {result.model['reference_source']})",
+        *([] if result.model.get("input_data") else _ranges_line(result.model.get("inputs") or [])),
         f"compile   {result.compile_seconds:.2f} s; artifact {result.artifact_bytes / 1e6:.2f} MB",
-        f"check     {verdict}; max abs error {max_abs:.3g}" + (f"; TRIVIAL CHECK ({trivial})" if trivial else ""),
+        f"check     {verdict}; max abs error {max_abs:.3g}" + (f"; TRIVIAL CHECK ({trivial})" if trivial else "")
+        + (f"; {result.check['note']}" if result.check.get("note") else ""),
         f"latency   median {stats['median_ms']:.4f} ms{_interval_text(stats)}, p90 {stats['p90_ms']:.4f} ms over "
         f"{stats['count']} runs; {stats['throughput_per_s']:.1f} items/s",
         _spread_text(stats),

@@ -31,8 +31,11 @@ from dlcbench.models.inputs import (DeclaredInput, data_batches, describe, graph
 from dlcbench.models.zoo import InputSpec, get_model, sample_inputs
 
 #: Bumped whenever the exported files change meaning, so old cache entries miss (2: entries carry checksums;
-#: 3: extra check batches at small batch sizes; 4: every input dimension fixed, outputs shaped as computed).
-EXPORT_FORMAT = 4
+#: 3: extra check batches at small batch sizes; 4: every input dimension fixed, outputs shaped as computed;
+#: 5: ONNX Runtime references computed without graph optimizations, data-dependent output dimensions symbolic).
+EXPORT_FORMAT = 5
+#: ``reference_source`` of a reference ONNX Runtime computed (:func:`run_onnxruntime_batches`).
+ORT_REFERENCE = "onnxruntime, graph optimizations off"
 #: Input rows the output check sees at least: below this batch size an export also stores extra seeded
 #: batches (``check_inputs.npz``/``check_reference.npz``), so a check can tell whether outputs depend on inputs.
 MIN_CHECK_ROWS = 3
@@ -269,7 +272,36 @@ def _cache_key(cfg: ExportConfig, kind: str, params: dict[str, Any]) -> str:
         if not path.exists():
             raise BadInputError(f"model file not found: {cfg.model}")
         ident.update(model=path.name, digest=file_digest(path))
+        if kind == "onnx":  # weights kept beside the graph change the model as much as the graph does
+            ident["external_data"] = {name: file_digest(path.parent / name) for name in external_data_files(path)
+                                      if (path.parent / name).is_file()}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def external_data_files(path: Path) -> list[str]:
+    """The files (relative to the model's directory) an ONNX file keeps tensors in, sorted; [] when it keeps
+    them all inside, or cannot be read (:func:`load_onnx` says why)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []
+    names: set[str] = set()
+
+    def visit(graph) -> None:
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for attribute in node.attribute:
+                tensors += [attribute.t, *attribute.tensors] if attribute.HasField("t") else list(attribute.tensors)
+                for sub in [attribute.g, *attribute.graphs] if attribute.HasField("g") else attribute.graphs:
+                    visit(sub)
+        for tensor in tensors:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                names.update(entry.value for entry in tensor.external_data if entry.key == "location")
+
+    visit(model.graph)
+    return sorted(names)
 
 
 def load_onnx(path: Path):
@@ -285,7 +317,33 @@ def load_onnx(path: Path):
     if not model.graph.node:
         raise BadInputError(f"{path} is not a valid ONNX file (empty graph)")
     check_onnx(model, str(path), BadInputError)
+    _check_outputs_comparable(model, str(path))
     return model
+
+
+#: ONNX element types of outputs the check compares: NumPy's numbers and bool.
+_COMPARABLE = {"float", "float16", "double", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+               "uint64", "bool"}
+
+
+def _check_outputs_comparable(model, label: str) -> None:
+    """Refuses outputs the check cannot compare with a tolerance: sequences, maps, optionals, strings and types
+    NumPy lacks (bfloat16, float8), naming each."""
+    from onnx import TensorProto
+
+    refused = []
+    for value in model.graph.output:
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            refused.append(f"{value.name} ({(kind or 'untyped').removesuffix('_type')})")
+            continue
+        elem = value.type.tensor_type.elem_type
+        name = TensorProto.DataType.Name(elem).lower() if elem in TensorProto.DataType.values() else str(elem)
+        if name not in _COMPARABLE:
+            refused.append(f"{value.name} ({name} tensor)")
+    if refused:
+        raise BadInputError(f"{label}: dlcbench compares numeric and bool tensor outputs only; not "
+                            f"{', '.join(refused)}")
 
 
 def check_onnx(model, label: str, error=ExportError) -> None:
@@ -355,11 +413,16 @@ def run_onnxruntime(path: Path, inputs: dict[str, np.ndarray], threads: int = 0)
 
 def run_onnxruntime_batches(path: Path, batches: list[dict[str, np.ndarray]],
                             threads: int = 0) -> list[dict[str, np.ndarray]]:
-    """:func:`run_onnxruntime` on each of several input batches, with one session."""
+    """:func:`run_onnxruntime` on each of several input batches, with one session.
+
+    ONNX Runtime's graph optimizations are off: a reference computes the graph as written, so the check of the
+    ``onnxruntime`` backend (optimizations on by default) compares its optimized graph with that, not with itself.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
     try:
@@ -723,7 +786,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
                                 f"so it cannot run at batch {cfg.batch}; use --batch {fixed_at[0]}")
         specs = _resolve(onnx_declared_inputs(model_proto), cfg, cfg.model)
         set_input_shapes(model_proto, specs, cfg.batch if cfg.static else None)
-        reference_source = "onnxruntime"
+        reference_source = ORT_REFERENCE
         reference = framework = None
     elif kind == "savedmodel":
         loaded, serve, specs, output_names = _savedmodel_function(Path(cfg.model), cfg)
@@ -797,7 +860,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
             _assert_same(expected, got, "tf2onnx conversion")
     reference = references[0]
     if cfg.static:  # every dimension fixed: the outputs' too, as computed (the leading one need not be the batch)
-        set_output_shapes(model_proto, reference)
+        set_output_shapes(model_proto, references)
         onnx.save(model_proto, str(raw))
 
     folded = False
@@ -833,7 +896,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
     static_copy = onnx.ModelProto()
     static_copy.CopyFrom(model_proto)
     set_input_shapes(static_copy, specs, cfg.batch)
-    set_output_shapes(static_copy, reference)
+    set_output_shapes(static_copy, references)
     return {
         "source": cfg.model if kind == "zoo" else str(Path(cfg.model).resolve()),
         "params": params,

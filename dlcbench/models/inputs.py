@@ -19,6 +19,9 @@ from dlcbench.models.zoo import InputSpec
 
 #: The range integer inputs are drawn from when neither the model nor the user says one.
 DEFAULT_INT_RANGE = (0, 10)
+#: ... for an input named like a mask (``attention_mask``): 0 or 1, as masks hold (other values can overflow the
+#: ``(1 - mask) * min`` of an attention and make the reference NaN).
+MASK_RANGE = (0, 2)
 #: Batches of ``--inputs`` data checked at most (the first is also the timed batch).
 MAX_DATA_BATCHES = 16
 
@@ -163,10 +166,14 @@ def resolve_inputs(declared: list[DeclaredInput], batch: int, shapes: dict[str, 
         shapes.setdefault(name, (batch, *value.shape[1:]))
     if not declared and batch != 1:
         raise BadInputError(f"{label}: the model takes no input, so it has no batch: run it at batch 1")
-    for name in ranges:
+    for name, (low, high) in ranges.items():
         dtype = next(d.dtype for d in declared if d.name == name)
         if not np.issubdtype(np.dtype(dtype), np.integer):
             raise BadInputError(f"{label}: --input-range {name}: the input is {dtype}; ranges apply to integer inputs")
+        info = np.iinfo(np.dtype(dtype))
+        if low < info.min or high - 1 > info.max:
+            raise BadInputError(f"{label}: --input-range {name}={low},{high}: the input is {dtype}, which holds "
+                                f"{info.min} to {info.max} (values are drawn from [LOW, HIGH))")
     specs, open_dims = [], []
     for d in declared:
         if not d.dims:
@@ -208,12 +215,23 @@ def resolve_inputs(declared: list[DeclaredInput], batch: int, shapes: dict[str, 
 
 
 def _int_range(d: DeclaredInput, ranges: dict[str, tuple[int, int]]) -> tuple[int, int, str]:
+    """``(low, high, source)`` of an integer input: the user's, else the model's (within what the dtype holds),
+    else a default; ``(0, 0, "")`` for other inputs."""
     if not np.issubdtype(np.dtype(d.dtype), np.integer):
         return 0, 0, ""
     if d.name in ranges:
         return (*ranges[d.name], "--input-range")
+    info = np.iinfo(np.dtype(d.dtype))
     if d.int_range:
-        return (*d.int_range, d.range_source or "model")
+        low, high = d.int_range
+        source = d.range_source or "model"
+        if high - 1 > info.max:
+            high, source = info.max + 1, f"{source}, cut to what {d.dtype} holds"
+        return low, high, source
+    if "mask" in d.name.lower():
+        return (*MASK_RANGE, "default for a mask, 0 or 1 (--input-range sets another)")
+    if d.dtype == "uint8":
+        return 0, 256, "default for uint8, every value (--input-range sets another)"
     return (*DEFAULT_INT_RANGE, "default (the model says no range: --input-range sets one)")
 
 
@@ -259,13 +277,19 @@ def onnx_type_name(elem_type: int) -> str:
         return f"unknown ({elem_type})"
 
 
+#: Ops whose first output holds the values of their first input (cast, or moved around): indices keep their range.
+_VALUE_PRESERVING = frozenset({"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand",
+                               "Transpose"})
+
+
 def _gather_tables(model) -> dict[str, int]:
-    """``{graph input: rows}`` for inputs used (directly or through ``Cast``) as indices of a ``Gather`` on axis 0
-    of an initializer; the smallest table wins when an input indexes several."""
+    """``{graph input: rows}`` for inputs used (directly or through ops that keep values, such as ``Cast`` and
+    ``Unsqueeze``) as indices of a ``Gather`` on axis 0 of an initializer; the smallest table wins when an input
+    indexes several."""
     sizes = {init.name: list(init.dims) for init in model.graph.initializer}
     alias = {}
-    for node in model.graph.node:
-        if node.op_type == "Cast" and node.input:
+    for node in model.graph.node:  # nodes are in topological order: a chain resolves to its first input
+        if node.op_type in _VALUE_PRESERVING and node.input and node.output:
             alias[node.output[0]] = alias.get(node.input[0], node.input[0])
     tables: dict[str, int] = {}
     for node in model.graph.node:
@@ -296,15 +320,27 @@ def set_input_shapes(model, specs: list[InputSpec], batch: int | None) -> None:
                 dim.dim_value = int(size)
 
 
-def set_output_shapes(model, outputs: dict[str, np.ndarray]) -> None:
-    """Fixes each graph output's dimensions to the shape it was computed with (``outputs``), in place."""
+def set_output_shapes(model, outputs: dict[str, np.ndarray] | list[dict[str, np.ndarray]]) -> None:
+    """Fixes each graph output's dimensions to the shape it was computed with, in place.
+
+    ``outputs``: one batch's outputs, or several batches' (a dimension that differs between them depends on the
+    data, as the rows a ``NonZero`` keeps: it stays symbolic, ``NAME_dynamic_I``).
+    """
+    batches = [outputs] if isinstance(outputs, dict) else list(outputs)
     for value in model.graph.output:
-        if value.name not in outputs or not value.type.HasField("tensor_type"):
+        if value.name not in batches[0] or not value.type.HasField("tensor_type"):
             continue
+        shapes = {np.shape(b[value.name]) for b in batches if value.name in b}
+        if len({len(s) for s in shapes}) != 1:
+            continue  # even the rank changes: leave what the model says
         shape = value.type.tensor_type.shape
         shape.Clear()
-        for size in np.shape(outputs[value.name]):
-            shape.dim.add().dim_value = int(size)
+        for i, sizes in enumerate(zip(*shapes)):
+            dim = shape.dim.add()
+            if len(set(sizes)) == 1:
+                dim.dim_value = int(sizes[0])
+            else:
+                dim.dim_param = f"{value.name}_dynamic_{i}"
 
 
 def upgrade_legacy(model) -> list[str]:

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from dlcbench.errors import BadInputError
 from dlcbench.measure.job import JobConfig, run_job
 from dlcbench.models.export import ExportConfig, export_model
-from dlcbench.models.inputs import parse_input_ranges, parse_input_shapes
+from dlcbench.models.inputs import (DEFAULT_INT_RANGE, DeclaredInput, onnx_declared_inputs, parse_input_ranges,
+                                    parse_input_shapes, resolve_inputs)
 from dlcbench_test_support import ROOT, assert_one_line_error
 
 
@@ -112,6 +113,96 @@ def test_integer_inputs_are_drawn_from_the_model_table_or_the_given_range(tmp_pa
     given = export_model(ExportConfig(model, batch=4, input_ranges=["ids=30,33"], cache_dir=tmp_path / "cache"))
     assert set(np.unique(given.inputs()["ids"])) <= {30, 31, 32}
     assert given.input_specs[0]["range"] == [30, 33] and given.input_specs[0]["range_source"] == "--input-range"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile.py"), "--backend", "onnxruntime",
+                          "--model", model, "--batch", "2", "--min-seconds", "0", "--min-iters", "3",
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "inputs    ids int64 in [0, 37) (model: indexes a table of 37 rows)" in run.stdout  # the summary says it
+
+
+def test_an_index_reshaped_before_its_gather_still_takes_the_tables_range():
+    table = numpy_helper.from_array(np.zeros((50, 4), np.float32), "table")
+    axes = numpy_helper.from_array(np.array([2], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["ids", "axes"], ["u"]), helper.make_node("Squeeze", ["u", "axes"], ["s"]),
+         helper.make_node("Identity", ["s"], ["i"]), helper.make_node("Gather", ["table", "i"], ["y"])], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5, 4])], [table, axes])
+    (ids,) = onnx_declared_inputs(helper.make_model(graph))
+    assert ids.int_range == (0, 50)
+
+
+def test_integer_defaults_suit_masks_and_bytes_and_ranges_fit_the_dtype():
+    declared = [DeclaredInput("attention_mask", [None, 4], "int64"), DeclaredInput("pixels", [None, 4], "uint8"),
+                DeclaredInput("ids", [None, 4], "int8", int_range=(0, 1000), range_source="model: table"),
+                DeclaredInput("other", [None, 4], "int32")]
+    specs = {s.name: s for s in resolve_inputs(declared, batch=2)}
+    assert (specs["attention_mask"].low, specs["attention_mask"].high) == (0, 2)
+    assert "mask" in specs["attention_mask"].range_source
+    assert (specs["pixels"].low, specs["pixels"].high) == (0, 256)
+    assert (specs["ids"].low, specs["ids"].high) == (0, 128) and "cut to what int8 holds" in specs["ids"].range_source
+    assert (specs["other"].low, specs["other"].high) == DEFAULT_INT_RANGE
+    with pytest.raises(BadInputError, match=r"--input-range pixels=0,300: the input is uint8, which holds 0 to 255"):
+        resolve_inputs(declared, batch=2, ranges={"pixels": (0, 300)})
+    assert resolve_inputs(declared, batch=2, ranges={"pixels": (0, 256)})[1].high == 256
+
+
+def test_outputs_the_check_cannot_compare_are_refused_by_name(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    model = _save(tmp_path / "odd.onnx",
+                  [helper.make_node("Cast", ["x"], ["text"], to=TensorProto.STRING),
+                   helper.make_node("SequenceConstruct", ["x", "x"], ["seq"]), helper.make_node("Relu", ["x"], ["y"])],
+                  [x], [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 3]),
+                        helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None),
+                        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compile.py"), "--backend", "onnxruntime",
+                          "--model", str(model), "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                         timeout=300)
+    assert_one_line_error(run, 2, "compares numeric and bool tensor outputs only; not text (string tensor), "
+                                  "seq (sequence)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_weights_kept_beside_the_graph_are_part_of_the_cache_key(tmp_path):
+    from dlcbench.models.export import external_data_files
+
+    def save(scale: float) -> bytes:
+        table = numpy_helper.from_array(np.full((7, 4), scale, np.float32), "table")
+        graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"])], "ext",
+                                  [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 3])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 4])], [table])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        (tmp_path / "ext.onnx.data").unlink(missing_ok=True)  # onnx appends to an existing data file
+        onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+                        size_threshold=0)
+        return (tmp_path / "ext.onnx").read_bytes()
+
+    graph_bytes = save(1.0)
+    assert external_data_files(tmp_path / "ext.onnx") == ["ext.onnx.data"]
+    first = export_model(ExportConfig(str(tmp_path / "ext.onnx"), batch=2, cache_dir=tmp_path / "cache"))
+    assert np.all(first.reference()["y"] == 1.0)
+    assert save(2.0) == graph_bytes  # only the weights file changed
+    second = export_model(ExportConfig(str(tmp_path / "ext.onnx"), batch=2, cache_dir=tmp_path / "cache"))
+    assert not second.cache_hit and np.all(second.reference()["y"] == 2.0)
+
+
+def test_an_output_whose_shape_depends_on_the_data_is_checked_batch_by_batch(tmp_path):
+    """``NonZero`` keeps as many positions as the input has positive values: each check batch its own count."""
+    zero = numpy_helper.from_array(np.zeros((), np.float32), "zero")
+    model = _save(tmp_path / "nz.onnx",
+                  [helper.make_node("Greater", ["x", "zero"], ["positive"]),
+                   helper.make_node("NonZero", ["positive"], ["where"]), helper.make_node("Relu", ["x"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                  [helper.make_tensor_value_info("where", TensorProto.INT64, [2, "found"]),
+                   helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])], [zero])
+    result = run_job(JobConfig(backend="onnxruntime", model=str(model), batch=1, threads=1, out_dir=tmp_path / "ort",
+                               timing=_quick()))
+    assert result.passed, result.failure_message
+    assert "checked batch by batch" in result.check["note"]
+    static = export_model(ExportConfig(str(model), batch=1, static=True, fold=True, cache_dir=tmp_path / "cache"))
+    (where,) = [o for o in onnx.load(str(static.onnx_path)).graph.output if o.name == "where"]
+    dims = where.type.tensor_type.shape.dim
+    assert dims[0].dim_value == 2 and not dims[1].HasField("dim_value")  # not fixed at the first batch's count
 
 
 def test_real_inputs_are_checked_batch_by_batch(tmp_path):
