@@ -208,15 +208,18 @@ def _listing(names: list[str] | set[str]) -> str:
     return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
-def _writable_parent(path: Path, shown: Path) -> None:
-    """Refuses when the directory cannot be created: the nearest existing ancestor is not a writable directory."""
+def _writable_parent(path: Path, written: str) -> None:
+    """Refuses when ``path`` cannot be created: its nearest existing ancestor is not a writable directory.
+
+    ``written`` names what is refused in the message: "cannot write WRITTEN: ...".
+    """
     ancestor = path.parent
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise BadInputError(f"cannot write output directory {shown}: {ancestor} is not a directory")
+        raise BadInputError(f"cannot write {written}: {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise BadInputError(f"cannot write output directory {shown}: {ancestor} is not writable")
+        raise BadInputError(f"cannot write {written}: {ancestor} is not writable")
 
 
 def check_replaceable(path: Path, kind: OutputKind) -> Path:
@@ -240,7 +243,7 @@ def check_replaceable(path: Path, kind: OutputKind) -> Path:
     except OSError:
         exists = False
     if not exists:
-        _writable_parent(final, shown)
+        _writable_parent(final, f"output directory {shown}")
         return final
     if not final.is_dir():
         raise BadInputError(f"{shown} exists and is not a directory; dlcbench writes {kind.label} only as a new directory")
@@ -249,7 +252,7 @@ def check_replaceable(path: Path, kind: OutputKind) -> Path:
     except OSError as err:
         raise BadInputError(f"cannot read output directory {shown}: {err.strerror}") from None
     if not top:
-        _writable_parent(final, shown)
+        _writable_parent(final, f"output directory {shown}")
         return final
     marker = read_marker(final)
     if marker and marker["kind"] != kind.name:
@@ -275,7 +278,7 @@ def check_replaceable(path: Path, kind: OutputKind) -> Path:
         raise BadInputError(
             f"{shown} holds {kind.label} but also {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} dlcbench "
             f"did not write ({_listing(foreign)}); not replacing it: remove them or choose another directory")
-    _writable_parent(final, shown)
+    _writable_parent(final, f"output directory {shown}")
     return final
 
 
@@ -396,11 +399,7 @@ def check_file_replaceable(path: Path, ours: re.Pattern, what: str) -> Path:
         if not empty and not ours.match(first):
             raise BadInputError(f"refusing to overwrite {path}: it is not {what} dlcbench wrote (its first line is "
                                 f"{first[:60]!r}); give another path, or move it away")
-    ancestor = path.parent
-    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise BadInputError(f"cannot write {what} to {path}: {ancestor} is not a writable directory")
+    _writable_parent(path, f"{what} to {path}")
     return path
 
 

@@ -1,4 +1,5 @@
-"""Whether a process still runs, told apart from a zombie and from a later process that reused its pid.
+"""Whether a process still runs, told apart from a zombie and from a later process that reused its pid; the
+``PYTHONPATH`` of a Python process dlcbench starts.
 
 Imports only the standard library.
 """
@@ -58,3 +59,23 @@ def group_exists(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def worker_python_path(extra: str | None) -> str:
+    """The ``PYTHONPATH`` of a ``python -P`` process dlcbench starts: the directory holding this dlcbench (unless
+    it is a site directory, which Python adds anyway), then ``extra`` (the caller's entries)."""
+    import site
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sites = {os.path.abspath(p) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    return os.pathsep.join(filter(None, [None if root in sites else root, extra]))
+
+
+def safe_python_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a Python process dlcbench starts, and every Python process that one starts in turn.
+
+    ``PYTHONSAFEPATH`` (what ``-P`` sets, inherited by children such as TVM's tuning and tracker pools) keeps
+    the current directory off ``sys.path``, so a user's ``onnx.py`` or ``tvm.py`` there cannot stand in for a
+    library; :func:`worker_python_path` keeps dlcbench itself importable, installed or not.
+    """
+    return {**env, "PYTHONSAFEPATH": "1", "PYTHONPATH": worker_python_path(env.get("PYTHONPATH"))}

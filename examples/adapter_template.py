@@ -4,7 +4,7 @@ It runs as it is: the placeholder "library" is ``onnx.reference`` (the ONNX
 specification's pure-NumPy reference implementation), so the conformance suite
 passes before you change anything. Replace every ``TODO`` with your library,
 keep the shape of each method, and keep library imports inside methods:
-``import compilers`` must import no backend library.
+``import dlcbench.compilers`` must import no backend library.
 
 Register it in one of three ways:
 

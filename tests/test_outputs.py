@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from onnx import TensorProto, helper
 
 from dlcbench.compilers.base import ARTIFACT
 from dlcbench.errors import BadInputError, ExitCode
-from dlcbench.outputs import MARKER, OutputKind, check_replaceable, is_stale, staged_output
+from dlcbench.outputs import MARKER, OutputKind, check_file_replaceable, check_replaceable, is_stale, staged_output
 from dlcbench_faulty_adapters import REGISTRATION
 from dlcbench_test_support import ROOT, assert_one_line_error, signal_when, wait_for
 
@@ -173,6 +174,23 @@ def test_check_replaceable_rules(tmp_path):
     with pytest.raises(BadInputError, match="over the root directory"):
         check_replaceable(Path("/"), KIND)
     assert not (tmp_path / "new").exists()
+
+
+def test_check_file_replaceable_rules(tmp_path):
+    ours = re.compile(r"# A table\b")
+    assert check_file_replaceable(tmp_path / "new" / "t.md", ours, "a table") == tmp_path / "new" / "t.md"
+    (tmp_path / "empty.md").write_text("")
+    (tmp_path / "ours.md").write_text("# A table of things\n| a |\n")
+    for name in ("empty.md", "ours.md"):
+        check_file_replaceable(tmp_path / name, ours, "a table")
+    (tmp_path / "theirs.md").write_text("my notes\n")
+    with pytest.raises(BadInputError, match="refusing to overwrite .*theirs.md: it is not a table dlcbench wrote"):
+        check_file_replaceable(tmp_path / "theirs.md", ours, "a table")
+    with pytest.raises(BadInputError, match="it is a directory"):
+        check_file_replaceable(tmp_path, ours, "a table")
+    with pytest.raises(BadInputError, match="cannot write a table to .*: .*theirs.md is not a directory"):
+        check_file_replaceable(tmp_path / "theirs.md" / "deeper" / "t.md", ours, "a table")
+    assert not (tmp_path / "new").exists() and (tmp_path / "theirs.md").read_text() == "my notes\n"
 
 
 def test_staged_output_publishes_whole_and_replaces_only_its_own_kind(tmp_path):

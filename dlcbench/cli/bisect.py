@@ -1,8 +1,8 @@
 """Find the first ONNX node whose output a backend computes beyond tolerance from ONNX Runtime.
 
-Thin CLI over :func:`dlcbench.measure.bisect.bisect`, which runs in an isolated worker (a backend that crashes or
-hangs is one line and exit 7, as for ``dlcbench compile``); exit 0 when every intermediate tensor matches, 1 when a
-node diverges.
+Thin CLI over :func:`dlcbench.measure.bisect.bisect`, which runs in an isolated worker (a backend that crashes,
+or hangs past ``--timeout``, is one line and exit 7, as for ``dlcbench compile``); exit 0 when every
+intermediate tensor matches, 1 when a node diverges.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import sys
 from typing import Iterator
 
 from dlcbench import jsonio
-from dlcbench.cli.common import add_input_arguments, batch_of, parse_params
+from dlcbench.cli.common import (add_input_arguments, add_job_timeout_argument, backend_help, batch_of, job_timeout,
+                                  model_help, parse_params)
 from dlcbench.cpus import default_threads
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 from dlcbench.quiet import set_verbose
@@ -36,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ExitCode.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--backend", help="tvm, onnxruntime, trt, openvino, torch, or a plugin's name")
-    parser.add_argument("--model", help="zoo name or .onnx/.keras/SavedModel path")
+    parser.add_argument("--backend", help=backend_help())
+    parser.add_argument("--model", help=model_help())
     parser.add_argument("--preset", default="default", help="zoo size preset: tiny or default (default: default)")
     parser.add_argument("--param", action="append", metavar="KEY=VALUE",
                         help="override a zoo parameter (VALUE is JSON, of the type of the preset's value)")
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-compiles", type=int, default=32,
                         help="most backend compiles when the exposed tensors must be split in halves (default: 32)")
     add_input_arguments(parser, accuracy=False)
+    add_job_timeout_argument(parser, "the export and every compile and run of the bisect count")
     parser.add_argument("--json", action="store_true", help="print the report as JSON (only it, on stdout)")
     parser.add_argument("--verbose", action="store_true", help="show third-party start-up logs")
     return parser
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from dlcbench.measure.bisect import BisectConfig
 
     args.batch = batch_of(args)
+    timeout = job_timeout(args)
     config = BisectConfig(
         backend=args.backend, model=args.model, preset=args.preset, params=parse_params(args.param),
         target=args.target, precision=args.precision, batch=args.batch, threads=args.threads,
@@ -92,14 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         force_export=args.force_export, max_compiles=args.max_compiles, input_shapes=args.input_shape,
         input_ranges=args.input_range, inputs_file=args.inputs,
     )
-    outcome = _run_isolated(config)
+    outcome = _run_isolated(config, timeout)
     print(jsonio.dumps(outcome["report"], indent=2) if args.json else outcome["text"])
     return ExitCode.CHECK_FAILED if outcome["diverged"] else ExitCode.OK
 
 
-def _run_isolated(config) -> dict:
-    """Runs :func:`dlcbench.measure.bisect.bisect` in a worker whose output (stdout included) goes to our stderr;
-    returns ``{"report", "text", "diverged"}`` or raises the worker's error (its message and exit code)."""
+def _run_isolated(config, timeout_s: float | None = None) -> dict:
+    """Runs :func:`dlcbench.measure.bisect.bisect` in a worker whose output (stdout included) goes to our stderr,
+    killed after ``timeout_s`` (None: no limit); returns ``{"report", "text", "diverged"}`` or raises the
+    worker's error (its message and exit code)."""
     import json
     import subprocess
     from dataclasses import asdict
@@ -114,10 +118,10 @@ def _run_isolated(config) -> dict:
         sys.stderr.flush()
         proc = start_worker(["-m", "dlcbench.cli.bisect", "--worker", str(tmp / "config.json"), str(tmp / "out.json")],
                             env={"TMPDIR": str(scratch)}, stdin=subprocess.DEVNULL, stdout=2)
-        ended, _ = wait_worker(proc, None)
+        ended, _ = wait_worker(proc, timeout_s)
         if not (tmp / "out.json").is_file():
             if ended.status == "timeout":
-                raise JobTimeoutError(f"the bisect of {config.backend} on {config.model} timed out")
+                raise JobTimeoutError(f"the bisect of {config.backend} on {config.model} {ended.message}")
             raise JobCrashError(f"the bisect of {config.backend} on {config.model}: worker {ended.message} "
                                 "(its output is above)")
         outcome = json.loads((tmp / "out.json").read_text())

@@ -8,6 +8,22 @@ from dlcbench.config import option_value
 from dlcbench.errors import BadInputError
 
 
+def backend_help(plural: bool = False) -> str:
+    """``--backend(s)`` help: the built-in names, and that a plugin's name works too."""
+    from dlcbench.compilers.registry import builtin_names
+
+    return (("comma-separated: " if plural else "") + ", ".join(builtin_names())
+            + ", or a plugin's name (--list-backends of dlcbench compile: which run here)")
+
+
+def model_help(plural: bool = False) -> str:
+    """``--model(s)`` help: the zoo's names, or a model file."""
+    from dlcbench.models.zoo import model_names
+
+    return (("comma-separated zoo names or model paths (relative to the current directory): " if plural else
+             "zoo name or .keras/.onnx/SavedModel path: ") + ", ".join(model_names()))
+
+
 def parse_params(pairs: list[str] | None, flag: str = "--param") -> dict:
     """Parses ``KEY=VALUE`` pairs (values as JSON where they parse, else strings; ``-`` in keys becomes ``_``)."""
     params = {}
@@ -72,6 +88,25 @@ def batch_of(args: argparse.Namespace) -> int:
 
     shapes = parse_input_shapes(args.input_shape)
     return next(iter(shapes.values()))[0] if shapes else 1
+
+
+def add_job_timeout_argument(parser: argparse.ArgumentParser, note: str) -> None:
+    """``--timeout SECONDS``: kill the job after this long (exit 7); ``note`` ends its help (what it covers)."""
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help=f"kill the job after this long: exit 7 (default: no limit; {note})")
+
+
+def job_timeout(args: argparse.Namespace) -> float | None:
+    """``--timeout`` of :func:`add_job_timeout_argument`, checked: a positive finite number, or None.
+
+    Raises:
+        BadInputError: zero, negative, NaN or infinite.
+    """
+    if args.timeout is not None:
+        from dlcbench.config import positive_seconds
+
+        positive_seconds("--timeout", args.timeout)
+    return args.timeout
 
 
 def timing_config(args: argparse.Namespace):

@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 
-from dlcbench.cli.common import add_input_arguments, add_timing_arguments, input_config, timing_config
+from dlcbench.cli.common import (add_input_arguments, add_timing_arguments, backend_help, input_config, model_help,
+                                  timing_config)
 from dlcbench.errors import ExitCode, run_cli
 from dlcbench.results.store import DEFAULT_DB
 
@@ -26,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name", required=True, help="experiment name (a rerun resumes it)")
     parser.add_argument("--models", required=True,
-                        help="comma-separated zoo names or model paths (relative to the current directory)")
-    parser.add_argument("--backends", required=True, help="comma-separated backend names")
+                        help=model_help(plural=True))
+    parser.add_argument("--backends", required=True, help=backend_help(plural=True))
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
     parser.add_argument("--precision", default="fp32",
                         help="comma-separated precisions: fp32, fp16, bf16, int8; with several, each backend runs "

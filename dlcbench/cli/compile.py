@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 
-from dlcbench.cli.common import (add_input_arguments, add_timing_arguments, batch_of, input_config, parse_params,
-                                  timing_config)
+from dlcbench.cli.common import (add_input_arguments, add_job_timeout_argument, add_timing_arguments, backend_help,
+                                  batch_of, input_config, job_timeout, model_help, parse_params, timing_config)
 from dlcbench import jsonio
-from dlcbench.config import positive_seconds
 from dlcbench.cpus import default_threads
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 from dlcbench.quiet import set_verbose
@@ -33,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--list-backends", action="store_true", help="list backends and whether they run here")
-    parser.add_argument("--backend", help="tvm, trt, onnxruntime, tensorflow, xla, tftrt, or a plugin's name")
-    parser.add_argument("--model", help="zoo name (mlp, cnn, resnet50, mobilenetv2, bert, gpt) or .keras/.onnx/SavedModel path")
+    parser.add_argument("--backend", help=backend_help())
+    parser.add_argument("--model", help=model_help())
     parser.add_argument("--preset", default="default", help="zoo size preset: tiny or default (default: default)")
     parser.add_argument("--param", action="append", metavar="KEY=VALUE",
                         help="override a zoo parameter (VALUE is JSON, of the type of the preset's value)")
@@ -64,9 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="measure on TVM RPC servers (dlcbench rpc start): tuning candidates on every free server "
                              "of --rpc-key, then the artifact is checked and timed on one of them")
     tuning.add_argument("--rpc-key", default=None, metavar="KEY", help="the RPC servers' key (with --rpc-tracker)")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="kill the job (export, compile, tuning, check and timing) after this long: exit 7 "
-                             "(default: no limit)")
+    add_job_timeout_argument(parser, "export, compile, tuning, check and timing all count")
     parser.add_argument("--compile-only", action="store_true",
                         help="write the artifact (with inputs and reference) without running it, e.g. --target cuda here")
     parser.add_argument("--json", action="store_true", help="print the result JSON (only it, on stdout) instead of the summary")
@@ -107,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from dlcbench.measure.job import JobConfig
 
     args.batch = batch_of(args)
-    if args.timeout is not None:
-        positive_seconds("--timeout", args.timeout)
+    timeout = job_timeout(args)
     config = JobConfig(
         backend=args.backend, model=args.model, preset=args.preset, params=parse_params(args.param),
         target=args.target, precision=args.precision, batch=args.batch, threads=args.threads, out_dir=args.out,
@@ -121,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The job runs in a child process: a crash there becomes one error line here, and only this process
     # writes to stdout (the child's stdout goes to stderr), so libraries that print cannot break --json.
-    outcome = run_supervised(config, args.timeout)
+    outcome = run_supervised(config, timeout)
     result = outcome["result"]
     print(jsonio.dumps(result, indent=2, default=str) if args.json else outcome["summary"])
     print(f"artifact  {config.out_dir} (result.json inside)", file=sys.stderr)

@@ -55,13 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.OK
     if not (args.all or args.subset or args.ops or args.tests):
         raise BadInputError("choose the tests: --all, --subset N, --ops OP,... or --tests NAME,... (see --help)")
+    run = args.run or f"onnx-{onnx_version()}"
+    # Given to the config (not set after it) so that it is checked before any test runs.
+    markdown = args.markdown or (DEFAULT_MARKDOWN if args.all and not (args.subset or args.ops or args.tests)
+                                 else Path("reports") / "coverage" / f"{run}.md")
     config = CoverageConfig(
-        run=args.run, backends=split_list(args.backends), ops=split_list(args.ops), tests=split_list(args.tests),
+        run=run, backends=split_list(args.backends), ops=split_list(args.ops), tests=split_list(args.tests),
         subset=args.subset, expanded=args.expanded, data_dir=args.data, db=args.db, timeout_s=args.timeout,
-        threads=args.threads, jobs=args.jobs, force=args.force,
+        threads=args.threads, jobs=args.jobs, force=args.force, markdown=markdown,
     )
-    config.markdown = args.markdown or (DEFAULT_MARKDOWN if args.all and not (args.subset or args.ops or args.tests)
-                                        else Path("reports") / "coverage" / f"{config.run}.md")
     result = run_coverage(config)
     print(format_coverage_summary(result["summary"]))
     print(f"{result['tests']} node tests x {len(result['backends'])} backends; run {result['run']} in {args.db}; "

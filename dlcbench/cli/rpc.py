@@ -4,7 +4,8 @@
 (their process groups are recorded under the dlcbench cache); `stop --port PORT` ends exactly those. Servers
 on other machines join with `python -m dlcbench.compilers.tvm.rpc_server --tracker HOST:PORT --key KEY --host
 THEIR_ADDRESS` (or TVM's own `tvm.exec.rpc_server`, without the placement; docs/scaling.md). Then
-`dlcbench tune|compile --backend tvm --rpc-tracker HOST:PORT --rpc-key KEY`.
+`dlcbench tune --model M` or `dlcbench compile --backend tvm --model M`, each with `--rpc-tracker HOST:PORT
+--rpc-key KEY`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dlcbench.cli.common import add_input_arguments, batch_of, input_config
+from dlcbench.cli.common import (add_input_arguments, add_job_timeout_argument, batch_of, input_config, job_timeout,
+                                  model_help, parse_params)
 from dlcbench.compilers.tvm.tuning import SEARCH_GENERATIONS, SEARCH_POPULATION
 from dlcbench.errors import BadInputError, ExitCode, run_cli
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="dlcbench tune", description=__doc__, epilog=ExitCode.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="zoo name or model file")
+    parser.add_argument("--model", required=True, help=model_help())
     parser.add_argument("--preset", default="default")
     parser.add_argument("--batch", type=int, default=None,
                         help="batch size (default: the leading dimension of the first --input-shape, else 1)")
@@ -39,29 +40,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conv-layout", default="NHWC",
                         help="layout of 2-D convolutions: NHWC (default) or NCHW as imported; a database applies to "
                              "the layout it was tuned in")
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="another TVM option, as compile's --option (e.g. mcpu=skylake-avx512 to tune for a "
+                             "remote CPU; give compile the same); those with a flag of their own here take the flag")
     parser.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
                         help="measure candidates on the TVM RPC servers of --rpc-key (dlcbench rpc start), all at once")
     parser.add_argument("--rpc-key", default=None, metavar="KEY", help="the RPC servers' key (with --rpc-tracker)")
     parser.add_argument("--out", type=Path, default=None,
                         help="artifact directory (default: out/tune-MODEL-bN); an existing one is replaced only if "
                              "it is empty or an earlier artifact")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="kill the job after this long: exit 7 (default: no limit; give --minutes some slack)")
+    add_job_timeout_argument(parser, "give --minutes some slack")
     add_input_arguments(parser, accuracy=False)
     args = parser.parse_args(argv)
     if not args.trials and not args.minutes:
         raise BadInputError("give --trials and/or --minutes")
-    from dlcbench.config import positive_seconds
     from dlcbench.cpus import default_threads
     from dlcbench.measure.job import JobConfig
     from dlcbench.orchestrate.launcher import run_supervised
 
     args.batch = batch_of(args)
-    if args.timeout is not None:
-        positive_seconds("--timeout", args.timeout)
+    timeout = job_timeout(args)
     options = {"tune_trials": args.trials, "tune_minutes": args.minutes, "tune_strategy": args.strategy,
                "tune_cost_model": args.cost_model, "conv_layout": args.conv_layout,
                "tune_population": args.population, "tune_generations": args.generations}
+    flagged = {**{key: f"--{key.removeprefix('tune_').replace('_', '-')}" for key in options},
+               "tuning_db": "--tuning-db", "rpc_tracker": "--rpc-tracker", "rpc_key": "--rpc-key"}
+    for key, value in parse_params(args.option, "--option").items():
+        if key in flagged:
+            raise BadInputError(f"--option {key}: give {flagged[key]} instead")
+        options[key] = value
     if args.tuning_db:
         options["tuning_db"] = args.tuning_db
     if args.rpc_tracker or args.rpc_key:
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                     threads=default_threads() if args.threads is None else args.threads, backend_options=options,
                     compile_only=True, **input_config(args),
                     out_dir=args.out or Path("out") / f"tune-{Path(args.model).stem}-b{args.batch}")
-    result = run_supervised(job, args.timeout)["result"]  # in its own worker: a crash in TVM is one line, exit 7
+    result = run_supervised(job, timeout)["result"]  # in its own worker: a crash in TVM is one line, exit 7
     tuning = result["manifest"]["extra"]["tuning"]
     print(f"database  {tuning['db']}")
     print(f"tuning    {tuning['new_trials']} new trials in {tuning['seconds']:.1f} s"

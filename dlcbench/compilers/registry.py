@@ -69,6 +69,11 @@ def entries() -> MappingProxyType:
     return MappingProxyType({**_BUILTIN, **_discovered()})
 
 
+def builtin_names() -> list[str]:
+    """Names of the backends dlcbench itself registers (what ``--help`` lists; plugins are found at run time)."""
+    return list(_BUILTIN)
+
+
 def backend_names() -> list[str]:
     """Names of every registered backend."""
     return list(entries())

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from dlcbench.cpus import restore_affinity, worker_env
 from dlcbench.errors import DlcbenchError, ExitCode, JobCrashError, JobTimeoutError, one_line
-from dlcbench.processes import group_exists
+from dlcbench.processes import group_exists, safe_python_env
 
 if TYPE_CHECKING:
     from dlcbench.measure.job import JobConfig
@@ -133,26 +133,16 @@ _live_lock = threading.Lock()
 _exiting = False
 
 
-def _python_path(extra: str | None) -> str:
-    """A worker's ``PYTHONPATH``: the directory holding this dlcbench (unless it is a site directory, which
-    Python adds anyway), then the caller's entries."""
-    import site
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sites = {os.path.abspath(p) for p in [*site.getsitepackages(), site.getusersitepackages()]}
-    return os.pathsep.join(filter(None, [None if root in sites else root, extra]))
-
-
 def start_worker(argv: list[str], env: dict[str, str] | None = None, **popen_kwargs: Any) -> subprocess.Popen:
     """Starts ``python -P ARGV`` as an isolated worker in its own session; ``env`` adds to this environment.
 
-    ``-P``: the current directory is not put on the worker's ``sys.path``, so a user's ``onnx.py`` there cannot
-    stand in for a library; the dlcbench that starts it is on ``PYTHONPATH`` instead, installed or not.
+    ``-P`` and :func:`~dlcbench.processes.safe_python_env`: the current directory is on the ``sys.path`` of
+    neither the worker nor the Python processes it starts (TVM's tuning pools), so a user's ``onnx.py`` there
+    cannot stand in for a library; the dlcbench that starts it is on ``PYTHONPATH`` instead, installed or not.
     The worker should call :func:`become_worker` first. Pair every start with :func:`end_group` (or
     :func:`wait_worker`, which ends it).
     """
-    environment = {**os.environ, **(env or {}), **worker_env(), LAUNCHER_PID_ENV: str(os.getpid())}
-    environment["PYTHONPATH"] = _python_path(environment.get("PYTHONPATH"))
+    environment = safe_python_env({**os.environ, **(env or {}), **worker_env(), LAUNCHER_PID_ENV: str(os.getpid())})
     with _live_lock:
         if _exiting:
             raise RuntimeError("the interpreter is exiting: no new worker")

@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from dlcbench.cpus import default_threads
 from dlcbench.errors import BadInputError, one_line
 
 #: The custom Ray resource a timing unit holds: one per node, so timings never share a node.
@@ -193,8 +194,8 @@ class RayLauncher:
             # Read once when Ray is imported (maybe before us): without it 127.0.0.1 becomes the LAN address.
             self._saved_cluster_flag = constants.ENABLE_RAY_CLUSTER
             constants.ENABLE_RAY_CLUSTER = False
-        allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        cpus = self.config.num_cpus or max(allowed, self.config.min_cpus)
+        # The CPUs this process was given, not this thread's affinity (a TVM pool may have pinned the thread).
+        cpus = self.config.num_cpus or max(default_threads(), self.config.min_cpus)
         # Short: Ray's Unix sockets live under it and their paths are limited to about 100 characters.
         self._temp_dir = tempfile.mkdtemp(prefix="dlcb-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
         self._before = {p.pid for p in psutil.Process().children(recursive=True)}

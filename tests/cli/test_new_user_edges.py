@@ -43,6 +43,12 @@ def test_tune_refuses_zero_threads_instead_of_taking_all():
     assert_one_line_error(proc, ExitCode.BAD_INPUT, "threads must be a positive integer", "got 0")
 
 
+def test_tune_option_refuses_what_a_flag_of_its_own_sets():
+    proc = run_script("scripts/tune.py", "--model", "mlp", "--preset", "tiny", "--trials", "1",
+                      "--option", "tune_minutes=3", timeout=120)
+    assert_one_line_error(proc, ExitCode.BAD_INPUT, "--option tune_minutes: give --minutes instead")
+
+
 def test_models_export_takes_the_input_shape_its_own_error_asks_for(tmp_path):
     model = _save(tmp_path / "dyn.onnx", [helper.make_node("Relu", ["x"], ["y"])],
                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])],
@@ -93,6 +99,7 @@ def test_tables_are_never_written_over_a_users_file(tmp_path):
     proc = run_script("scripts/coverage.py", "--ops", "Relu", "--backends", "onnxruntime",
                       "--db", str(tmp_path / "c.sqlite"), "--markdown", str(mine), timeout=300)
     assert_one_line_error(proc, ExitCode.BAD_INPUT, "refusing to overwrite", "not a coverage table dlcbench wrote")
+    assert not (tmp_path / "c.sqlite").exists()  # refused before any test ran
     proc = run_script("scripts/import_results.py", str(ROOT / "benchmarks" / "results" / "gpu-h200.json"),
                       "--db", str(tmp_path / "r.sqlite"), "--table", str(mine), timeout=300)
     assert_one_line_error(proc, ExitCode.BAD_INPUT, "refusing to overwrite", "not a results table dlcbench wrote")

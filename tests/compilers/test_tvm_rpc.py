@@ -28,12 +28,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def farm():
-    """A tracker and two servers started by ``scripts/rpc.py start``; stopped (and checked gone) at the end."""
+def farm(tmp_path_factory):
+    """A tracker and two servers started by ``scripts/rpc.py start``; stopped (and checked gone) at the end.
+
+    Started from a directory holding a ``tvm.py``: the tracker and servers run with ``python -P``, so it cannot
+    stand in for TVM there."""
     marker = f"rpc-test-{uuid.uuid4().hex}"
     port, key = free_port(), "dlcbench-test"
+    cwd = tmp_path_factory.mktemp("rpc-cwd")
+    (cwd / "tvm.py").write_text("raise SystemExit('shadowed')\n")
     started = run_script("scripts/rpc.py", "start", "--servers", "2", "--key", key, "--port", str(port),
-                         env={"DLCBENCH_TEST_RUN": marker}, timeout=300)
+                         env={"DLCBENCH_TEST_RUN": marker}, cwd=cwd, timeout=300)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         yield {"port": port, "key": key, "marker": marker, "tracker": f"127.0.0.1:{port}"}

@@ -143,9 +143,11 @@ def test_tuning_flags_only_for_tvm():
 def test_tune_script_prints_the_per_task_table(tmp_path):
     proc = run_script("scripts/tune.py", "--model", "mlp", "--preset", "tiny", "--threads", "1", "--trials", "4",
                       "--strategy", "replay-trace", "--cost-model", "random", "--tuning-db", str(tmp_path / "db"),
-                      "--out", str(tmp_path / "out"), timeout=1200)
+                      "--option", "mcpu=x86-64", "--out", str(tmp_path / "out"), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "4 new trials" in proc.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["target_detail"]["mcpu"] == "x86-64"  # --option reached the target tuned for
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("fused_matmul")]
     assert rows and rows[0][4] == "4"  # the heaviest task got the batch: calls, share, had, new
     assert float(rows[0][6]) > 0  # its tuning seconds

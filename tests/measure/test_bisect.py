@@ -166,3 +166,13 @@ def test_a_backend_that_crashes_is_one_line_and_leaves_nothing_running(mlp, back
     proc = _bisect(["--backend", backend, "--model", mlp], DLCBENCH_BACKENDS=FAULTY, DLCBENCH_BISECT_MARK="bisect-crash")
     assert_one_line_error(proc, code, fragment)
     assert not live_processes_with("bisect-crash")
+
+
+def test_a_backend_that_hangs_is_killed_at_the_timeout(mlp):
+    from dlcbench_faulty_adapters import REGISTRATION as FAULTY
+    from dlcbench_test_support import live_processes_with
+
+    proc = _bisect(["--backend", "hang", "--model", mlp, "--timeout", "30"], DLCBENCH_BACKENDS=FAULTY,
+                   DLCBENCH_BISECT_MARK="bisect-hang")
+    assert_one_line_error(proc, ExitCode.JOB_DIED, "the bisect of hang on", "had no result after 30 s; killed")
+    assert not live_processes_with("bisect-hang")

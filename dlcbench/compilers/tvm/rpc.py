@@ -31,7 +31,7 @@ from typing import Any
 from dlcbench.config import cache_dir
 from dlcbench.cpus import worker_env
 from dlcbench.errors import BackendRuntimeError, BackendUnavailableError, BadInputError, one_line
-from dlcbench.processes import group_exists, process_start
+from dlcbench.processes import group_exists, process_start, safe_python_env
 
 INSTALL_HINT = "pip install -e '.[cluster]' (tornado, for TVM's RPC tracker)"
 DEFAULT_HOST = "127.0.0.1"
@@ -151,15 +151,16 @@ def _free_port(host: str) -> int:
 
 
 def _spawn(argv: list[str], log: Path) -> dict[str, Any]:
-    """Starts ``python ARGV`` in its own session (its pid is its process group), detached from us; returns its
+    """Starts ``python -P ARGV`` in its own session (its pid is its process group), detached from us, with
+    :func:`~dlcbench.processes.safe_python_env` (TVM's tracker starts Python processes of its own); returns its
     pid and start time (what tells it from a later process given the same pid).
 
     ``TVM_NUM_THREADS`` is every core: a server's TVM pool is sized once, when it starts, and each session then
     chooses its threads within it (``runtime.config_threadpool``)."""
-    env = {**os.environ, **worker_env(), "TVM_NUM_THREADS": str(os.cpu_count() or 1)}
+    env = safe_python_env({**os.environ, **worker_env(), "TVM_NUM_THREADS": str(os.cpu_count() or 1)})
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)
+        proc = subprocess.Popen([sys.executable, "-P", *argv], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
     return {"pgid": proc.pid, "started": process_start(proc.pid)}
 
 
