@@ -34,7 +34,7 @@ class ExitCode:
         UNAVAILABLE: "backend not available on this machine",
         BACKEND_ERROR: "backend failed to compile or run",
         UNSUPPORTED_OP: "model uses an operator the backend does not support",
-        EXPORT_ERROR: "model could not be exported to ONNX",
+        EXPORT_ERROR: "model could not be exported to ONNX, or ONNX Runtime could not compute its reference",
         JOB_DIED: "a job crashed or timed out",
         JOBS_FAILED: "an experiment finished with failed jobs; they are in the database",
         INTERRUPTED: "interrupted (SIGINT, Ctrl-C)",

@@ -12,10 +12,10 @@ back and load it with ``dlcbench import-results``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from dlcbench.cpus import default_threads
 from dlcbench.errors import ExitCode, run_cli
 
 
@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-oversize", action="store_true",
                         help="leave out models that would pass the limit (reason in stage.json) instead of failing")
     parser.add_argument("--keep-going", action="store_true", help="leave out models that fail to export or compile")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="threads of every job (compiling here, running there) (default: all cores)")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="threads of every job (compiling here, running there) (default: the CPUs this process "
+                             "may use)")
     parser.add_argument("--mcpu", default=None, help="LLVM CPU of TVM's --target cpu code (default: this host's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-compress", dest="compress", action="store_false", help="store every file uncompressed")

@@ -26,14 +26,16 @@ from dlcbench.errors import BadInputError, ExportError, one_line
 from dlcbench.quiet import import_quietly
 from dlcbench.outputs import forget_on_sigterm, make_temp_dir, remove_on_sigterm, remove_stale, swap_in
 from dlcbench.models.inputs import (DeclaredInput, data_batches, describe, graph_inputs, load_input_data,
-                                    onnx_declared_inputs, onnx_type_name, parse_input_ranges, parse_input_shapes,
-                                    resolve_inputs, set_input_shapes, set_output_shapes, upgrade_legacy)
+                                    add_table_ranges, onnx_declared_inputs, onnx_type_name, parse_input_ranges,
+                                    parse_input_shapes, resolve_inputs, set_input_shapes, set_output_shapes,
+                                    upgrade_legacy)
 from dlcbench.models.zoo import InputSpec, get_model, sample_inputs
 
 #: Bumped whenever the exported files change meaning, so old cache entries miss (2: entries carry checksums;
 #: 3: extra check batches at small batch sizes; 4: every input dimension fixed, outputs shaped as computed;
-#: 5: ONNX Runtime references computed without graph optimizations, data-dependent output dimensions symbolic).
-EXPORT_FORMAT = 5
+#: 5: ONNX Runtime references computed without graph optimizations, data-dependent output dimensions symbolic;
+#: 6: a Keras or TensorFlow model's integer inputs take the rows of the table each indexes in the converted graph).
+EXPORT_FORMAT = 6
 #: ``reference_source`` of a reference ONNX Runtime computed (:func:`run_onnxruntime_batches`).
 ORT_REFERENCE = "onnxruntime, graph optimizations off"
 #: Input rows the output check sees at least: below this batch size an export also stores extra seeded
@@ -42,6 +44,8 @@ MIN_CHECK_ROWS = 3
 #: Prefix of the directories an export is built in, inside the cache's ``exports`` directory.
 TMP_PREFIX = ".tmp-"
 DEFAULT_OPSET = 17
+#: The size (graph and external data) of the largest ONNX model dlcbench takes: protobuf's limit on one message.
+MAX_ONNX_BYTES = 2 ** 31
 MIN_OPSET, MAX_OPSET = 13, 18
 
 
@@ -273,6 +277,7 @@ def _cache_key(cfg: ExportConfig, kind: str, params: dict[str, Any]) -> str:
             raise BadInputError(f"model file not found: {cfg.model}")
         ident.update(model=path.name, digest=file_digest(path))
         if kind == "onnx":  # weights kept beside the graph change the model as much as the graph does
+            check_onnx_size(path)
             ident["external_data"] = {name: file_digest(path.parent / name) for name in external_data_files(path)
                                       if (path.parent / name).is_file()}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
@@ -304,19 +309,29 @@ def external_data_files(path: Path) -> list[str]:
     return sorted(names)
 
 
+def check_onnx_size(path: Path) -> None:
+    """Refuses (:class:`BadInputError`) an ONNX file that, with its external data, reaches :data:`MAX_ONNX_BYTES`."""
+    size = path.stat().st_size + sum((path.parent / name).stat().st_size for name in external_data_files(path)
+                                     if (path.parent / name).is_file())
+    if size >= MAX_ONNX_BYTES:
+        raise BadInputError(f"{path} holds {size / 2 ** 30:.1f} GiB with its external data; dlcbench takes ONNX models "
+                            f"below 2 GiB (one protobuf message) for now")
+
+
 def load_onnx(path: Path):
     """Loads and fully checks an ONNX file; a missing or corrupt file is a :class:`BadInputError`."""
     import onnx
 
     if not Path(path).is_file():
         raise BadInputError(f"model file not found: {path}")
+    check_onnx_size(Path(path))
     try:
         model = onnx.load(str(path))
     except Exception as err:  # protobuf raises DecodeError and friends
         raise BadInputError(f"{path} is not a valid ONNX file ({one_line(err, 120)})") from None
     if not model.graph.node:
         raise BadInputError(f"{path} is not a valid ONNX file (empty graph)")
-    check_onnx(model, str(path), BadInputError)
+    check_onnx(model, str(path), BadInputError, runtime_ops=True)
     _check_outputs_comparable(model, str(path))
     return model
 
@@ -346,19 +361,46 @@ def _check_outputs_comparable(model, label: str) -> None:
                             f"{', '.join(refused)}")
 
 
-def check_onnx(model, label: str, error=ExportError) -> None:
-    """Runs ``onnx.checker.check_model(full_check=True)`` and rejects non-standard ops."""
+def check_onnx(model, label: str, error=ExportError, runtime_ops: bool = False) -> None:
+    """Runs ``onnx.checker.check_model(full_check=True)`` and rejects non-standard ops.
+
+    With ``runtime_ops`` (a user's ONNX file) operators of other domains that ONNX Runtime's CPU provider runs
+    (``com.microsoft``'s fused ops) pass: the reference computes them, and each backend takes or refuses them.
+    """
     import onnx
 
-    unknown = sorted(
-        {n.op_type for n in model.graph.node if not onnx.defs.has(n.op_type, n.domain)}
-    )
+    unknown = sorted({(n.domain, n.op_type) for n in model.graph.node if not onnx.defs.has(n.op_type, n.domain)})
+    if runtime_ops and unknown:
+        kernels = runtime_kernels()
+        if kernels is None:  # this ONNX Runtime does not list its kernels: the reference run decides
+            unknown = [op for op in unknown if not op[0].startswith("com.microsoft")]
+        else:
+            unknown = [op for op in unknown if op not in kernels]
     if unknown:
-        raise error(f"{label}: graph holds operators that are not standard ONNX: {', '.join(unknown)}")
+        names = ", ".join(f"{domain}.{op}" if domain not in ("", "ai.onnx") else op for domain, op in unknown)
+        also = " nor ONNX Runtime's CPU provider runs" if runtime_ops else ""
+        raise error(f"{label}: graph holds operators that are not standard ONNX{also}: {names}")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as err:
         raise error(f"{label}: ONNX checker rejected the model: {one_line(err, 200)}") from None
+
+
+_KERNELS: list = []
+
+
+def runtime_kernels() -> frozenset[tuple[str, str]] | None:
+    """``(domain, op type)`` of every kernel ONNX Runtime's CPU provider has (the ONNX domain as ``''``), or None
+    when this build does not list them."""
+    if not _KERNELS:
+        try:
+            from onnxruntime.capi import _pybind_state
+
+            _KERNELS.append(frozenset((k.domain or "", k.op_name) for k in _pybind_state.get_all_opkernel_def()
+                                      if k.provider == "CPUExecutionProvider"))
+        except Exception:
+            _KERNELS.append(None)
+    return _KERNELS[0]
 
 
 def fix_erfc(model) -> int:
@@ -411,12 +453,13 @@ def run_onnxruntime(path: Path, inputs: dict[str, np.ndarray], threads: int = 0)
     return run_onnxruntime_batches(path, [inputs], threads)[0]
 
 
-def run_onnxruntime_batches(path: Path, batches: list[dict[str, np.ndarray]],
-                            threads: int = 0) -> list[dict[str, np.ndarray]]:
+def run_onnxruntime_batches(path: Path, batches: list[dict[str, np.ndarray]], threads: int = 0,
+                            label: str | None = None) -> list[dict[str, np.ndarray]]:
     """:func:`run_onnxruntime` on each of several input batches, with one session.
 
     ONNX Runtime's graph optimizations are off: a reference computes the graph as written, so the check of the
     ``onnxruntime`` backend (optimizations on by default) compares its optimized graph with that, not with itself.
+    A failure is an :class:`ExportError` naming ``label`` (the model as the user gave it), else the file.
     """
     import onnxruntime as ort
 
@@ -430,7 +473,8 @@ def run_onnxruntime_batches(path: Path, batches: list[dict[str, np.ndarray]],
         names = [o.name for o in session.get_outputs()]
         return [dict(zip(names, session.run(names, inputs))) for inputs in batches]
     except Exception as err:
-        raise ExportError(f"ONNX Runtime cannot run {Path(path).name}: {one_line(err, 300)}") from None
+        raise ExportError(f"ONNX Runtime {ort.__version__} cannot compute the reference of {label or Path(path).name}: "
+                          f"{one_line(err, 300)}") from None
 
 
 def fold_constants(src: Path, dst: Path) -> None:
@@ -470,30 +514,76 @@ def _quiet_tensorflow():
     return import_quietly("tensorflow")
 
 
-def _keras_io(model) -> tuple[list[DeclaredInput], list[str]]:
+def _keras_inputs(model, label: str) -> list[DeclaredInput]:
     """A Keras model's declared inputs (dynamic dimensions None; an integer input's range from the model's
-    ``Embedding`` table when it has exactly one integer input) and its output names."""
+    ``Embedding`` table when it has exactly one integer input, until the converted graph says better: see
+    :func:`dlcbench.models.inputs.add_table_ranges`).
+
+    A model without symbolic inputs (subclassed) is taken at the shape it was built with, as float32; one never
+    built is refused in one line.
+    """
+    try:
+        tensors = list(model.inputs or [])
+    except (AttributeError, ValueError, RuntimeError):  # an unbuilt Sequential, a subclassed model
+        tensors = []
     declared = []
-    for tensor in model.inputs:
+    for tensor in tensors:
         dtype = str(np.dtype(tensor.dtype))
         name = tensor.name.split(":")[0]
         declared.append(DeclaredInput(name, [None, *(None if d is None else int(d) for d in tensor.shape[1:])], dtype))
+    if not tensors:
+        declared = _built_inputs(model, label)
     integer = [d for d in declared if np.issubdtype(np.dtype(d.dtype), np.integer)]
     tables = [layer.input_dim for layer in _all_layers(model) if type(layer).__name__ == "Embedding"]
     if len(integer) == 1 and tables:
         integer[0].int_range, integer[0].range_source = (0, min(tables)), f"model: Embedding of {min(tables)} rows"
+    return declared
+
+
+def _is_shape(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(d is None or isinstance(d, int) for d in value)
+
+
+def _built_inputs(model, label: str) -> list[DeclaredInput]:
+    """The inputs of a model without symbolic ones, from the shapes Keras recorded when it was built or called."""
+    try:
+        config = model.get_build_config() or {}
+    except Exception:
+        config = {}
+    shape = config.get("input_shape")
+    if shape is None and len(config.get("shapes_dict") or {}) == 1:
+        shape = next(iter(config["shapes_dict"].values()))
+    if _is_shape(shape) and shape:
+        shapes = {"input": shape}
+    elif isinstance(shape, (list, tuple)) and shape and all(_is_shape(s) and s for s in shape):
+        shapes = {f"input_{i}": s for i, s in enumerate(shape)}
+    else:
+        raise BadInputError(f"{label}: the Keras model declares no inputs (a Sequential model without an Input "
+                            "layer that was never built, or a subclassed model taking several arguments or a dict); "
+                            "give it a keras.Input, or build it, before saving")
+    return [DeclaredInput(name, [None, *(None if d is None else int(d) for d in dims[1:])], "float32")
+            for name, dims in shapes.items()]
+
+
+def _keras_output_names(model, specs: list[InputSpec]) -> list[str]:
+    """Names of a Keras model's outputs: a dict's keys (in Keras' flattening order, sorted), else the model's output
+    names, else ``output_I``. A model without symbolic outputs is called once on zeros to see them."""
     try:
         structure = model.output
     except (AttributeError, ValueError, RuntimeError):  # a subclassed model has no symbolic output
         structure = None
-    if isinstance(structure, dict):  # named outputs: their keys, in Keras' flattening order (sorted)
-        return declared, sorted(structure)
-    names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
-    return declared, names
+    if structure is None:
+        feed = [np.zeros((1, *s.shape), s.dtype) for s in specs]
+        structure = model(feed if len(feed) > 1 else feed[0], training=False)
+    if isinstance(structure, dict):
+        return sorted(structure)
+    count = len(structure) if isinstance(structure, (list, tuple)) else 1
+    names = list(getattr(model, "output_names", None) or [])
+    return names if len(names) == count else [f"output_{i}" for i in range(count)]
 
 
 def _output_list(outs) -> list:
-    """A Keras model call's outputs as a list in :func:`_keras_io`'s order (a dict's by its sorted keys)."""
+    """A Keras model call's outputs as a list in :func:`_keras_output_names`' order (a dict's by its sorted keys)."""
     if isinstance(outs, dict):
         return [outs[k] for k in sorted(outs)]
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
@@ -586,7 +676,7 @@ def _savedmodel_function(path: Path, cfg: ExportConfig):
         return sig(**dict(zip(names, args)))
 
     output_names = sorted(sig.structured_outputs)
-    return loaded, serve, specs, output_names
+    return loaded, serve, declared, specs, output_names
 
 
 # --------------------------------------------------------------------------- main entry
@@ -789,12 +879,14 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
         reference_source = ORT_REFERENCE
         reference = framework = None
     elif kind == "savedmodel":
-        loaded, serve, specs, output_names = _savedmodel_function(Path(cfg.model), cfg)
+        loaded, serve, declared, specs, output_names = _savedmodel_function(Path(cfg.model), cfg)
 
         def framework(batch):
             return {k: np.asarray(v) for k, v in serve(*[batch[s.name] for s in specs]).items()}
 
         model_proto = _convert_function(serve, cfg)
+        if add_table_ranges(declared, model_proto):
+            specs = _resolve(declared, cfg, cfg.model)
         keras_rel = str(Path(cfg.model).resolve())
         reference_source = "tensorflow"
     else:
@@ -810,12 +902,12 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
                 model = keras.saving.load_model(cfg.model)
             except Exception as err:
                 raise BadInputError(f"cannot load Keras model {cfg.model}: {one_line(err, 200)}") from None
-            declared, output_names = _keras_io(model)
+            declared = _keras_inputs(model, cfg.model)
             specs = _resolve(declared, cfg, cfg.model)
         else:
             model = spec.build(params, seed=cfg.seed)
+            declared = None  # the zoo's specs carry their ranges
             specs = _resolve(_zoo_declared(spec.input_specs(params)), cfg, cfg.model)
-            _, output_names = _keras_io(model)
             if spec.dataset:
                 from dlcbench.models.datasets import load_split
 
@@ -823,6 +915,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
                 if cfg.batch > len(split.x_test):
                     raise BadInputError(f"{cfg.model} has {len(split.x_test)} held-out rows: its batch can be at most "
                                         f"{len(split.x_test)}, not {cfg.batch}")
+        output_names = _keras_output_names(model, specs)
 
         def framework(batch):
             feed = [batch[s.name] for s in specs]
@@ -830,6 +923,8 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
             return {n: np.asarray(t) for n, t in zip(output_names, outs)}
 
         model_proto = _keras_to_onnx(model, specs, output_names, cfg)
+        if declared is not None and add_table_ranges(declared, model_proto):
+            specs = _resolve(declared, cfg, cfg.model)
         model.save(out / "model.keras")
         keras_rel = "model.keras"
         reference_source = "keras"
@@ -838,7 +933,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
         fixed = fix_erfc(model_proto)
     else:
         fixed = 0
-    check_onnx(model_proto, f"export of {cfg.model}")
+    check_onnx(model_proto, f"export of {cfg.model}", runtime_ops=kind == "onnx")
     raw = out / "model.onnx"
     onnx.save(model_proto, str(raw))
 
@@ -850,7 +945,8 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
         batches = [sample_inputs(specs, cfg.batch, cfg.seed)] + [
             sample_inputs(specs, cfg.batch, check_seed(cfg.seed, i)) for i in range(1, extra_check_batches(cfg.batch) + 1)]
     inputs = batches[0]
-    exported = run_onnxruntime_batches(raw, batches)
+    label = cfg.model if kind == "onnx" else f"the export of {cfg.model}"
+    exported = run_onnxruntime_batches(raw, batches, label=label)
     if framework is None:
         references = exported
     else:
@@ -868,7 +964,7 @@ def _export_into(out: Path, cfg: ExportConfig, kind: str, spec, params) -> dict[
         tmp_folded = out / "folded.onnx"
         fold_constants(raw, tmp_folded)
         folded_proto = onnx.load(str(tmp_folded))
-        check_onnx(folded_proto, f"folded export of {cfg.model}")
+        check_onnx(folded_proto, f"folded export of {cfg.model}", runtime_ops=kind == "onnx")
         for expected, got in zip(exported, run_onnxruntime_batches(tmp_folded, batches)):
             _assert_same(expected, got, "constant folding")
         os.replace(tmp_folded, raw)

@@ -252,9 +252,9 @@ def onnx_declared_inputs(model) -> list[DeclaredInput]:
                 f"feed; supported: {', '.join(sorted(set(_ONNX_TO_NUMPY.values())))}")
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
         dim_names = [d.dim_param if d.HasField("dim_param") else "" for d in tensor.shape.dim]
-        rows = tables.get(value.name)
-        declared.append(DeclaredInput(value.name, dims, dtype, dim_names,
-                                      (0, rows) if rows else None, f"model: indexes a table of {rows} rows" if rows else ""))
+        table = tables.get(value.name)
+        declared.append(DeclaredInput(value.name, dims, dtype, dim_names, (0, table[0]) if table else None,
+                                      _table_source(*table) if table else ""))
     return declared
 
 
@@ -282,26 +282,66 @@ _VALUE_PRESERVING = frozenset({"Cast", "Identity", "Unsqueeze", "Squeeze", "Resh
                                "Transpose"})
 
 
-def _gather_tables(model) -> dict[str, int]:
-    """``{graph input: rows}`` for inputs used (directly or through ops that keep values, such as ``Cast`` and
-    ``Unsqueeze``) as indices of a ``Gather`` on axis 0 of an initializer; the smallest table wins when an input
-    indexes several."""
-    sizes = {init.name: list(init.dims) for init in model.graph.initializer}
-    alias = {}
-    for node in model.graph.node:  # nodes are in topological order: a chain resolves to its first input
+#: Ops whose outputs depend on their input's shape, not its values: no index flows through them.
+_SHAPE_ONLY = frozenset({"Shape", "Size", "ConstantOfShape", "EyeLike"})
+
+
+def _gather_tables(model) -> dict[str, tuple[int, str]]:
+    """``{graph input: (rows, how)}`` for inputs that index a ``Gather`` on axis 0 of an initializer, the smallest
+    table winning when an input indexes several.
+
+    An input reaches the ``Gather`` either through ops that keep its values (``Cast``, ``Unsqueeze``...: ``how`` is
+    ``""``) or, where no input does so, through arithmetic on it alone and constants (``how`` is ``"through
+    arithmetic"``: the wrap of negative indices a converter writes as ``Where``/``Less``/``Mul``/``Add``), not
+    through its shape (position ids from ``Shape(ids)`` take nothing from ``ids``' values).
+    """
+    initializers = {init.name: list(init.dims) for init in model.graph.initializer}
+    inputs = {value.name for value in graph_inputs(model)}
+    alias: dict[str, str] = {}
+    sources: dict[str, frozenset[str]] = {name: frozenset([name]) for name in inputs}
+    for node in model.graph.node:  # topological order: a chain resolves to its first input
         if node.op_type in _VALUE_PRESERVING and node.input and node.output:
             alias[node.output[0]] = alias.get(node.input[0], node.input[0])
-    tables: dict[str, int] = {}
+        flows = frozenset() if node.op_type in _SHAPE_ONLY else frozenset().union(
+            *(sources.get(name, frozenset()) for name in node.input))
+        for out in node.output:
+            sources[out] = flows
+    direct: dict[str, int] = {}
+    derived: dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type != "Gather" or len(node.input) < 2:
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        table = sizes.get(node.input[0])
+        table = initializers.get(node.input[0])
         if axis != 0 or not table:
             continue
-        source = alias.get(node.input[1], node.input[1])
-        tables[source] = min(tables.get(source, table[0]), table[0])
+        index = node.input[1]
+        root = alias.get(index, index)
+        if root in inputs:
+            direct[root] = min(direct.get(root, table[0]), table[0])
+        elif len(sources.get(index, ())) == 1:
+            (source,) = sources[index]
+            derived[source] = min(derived.get(source, table[0]), table[0])
+    tables = {name: (rows, "through arithmetic") for name, rows in derived.items()}
+    tables.update({name: (rows, "") for name, rows in direct.items()})
     return tables
+
+
+def _table_source(rows: int, how: str) -> str:
+    return f"model: indexes a table of {rows} rows" + (f" ({how})" if how else "")
+
+
+def add_table_ranges(declared: list[DeclaredInput], model) -> bool:
+    """Gives each integer input that indexes a constant table of ``model`` (an ONNX graph converted from the
+    declaring framework's model) the table's rows as its range, in place; returns whether any input got one."""
+    tables = _gather_tables(model)
+    found = False
+    for d in declared:
+        table = tables.get(d.name) or tables.get(f"{d.name}:0")  # tf2onnx may keep TensorFlow's ':0'
+        if table and np.issubdtype(np.dtype(d.dtype), np.integer):
+            d.int_range, d.range_source = (0, table[0]), _table_source(*table)
+            found = True
+    return found
 
 
 def set_input_shapes(model, specs: list[InputSpec], batch: int | None) -> None:

@@ -36,11 +36,11 @@ def _node_flops(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int
         if node.op_type == "ConvTranspose":
             kernel = int(np.prod(weight[2:])) * weight[0] // max(group, 1)
         return 2 * int(np.prod(out)) * kernel
-    if node.op_type in ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"):
+    if node.op_type in ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "FusedMatMul"):
         a = shapes.get(node.input[0])
         if out is None or a is None:
             return None
-        transposed = node.op_type == "Gemm" and any(x.name == "transA" and x.i for x in node.attribute)
+        transposed = node.op_type in ("Gemm", "FusedMatMul") and any(x.name == "transA" and x.i for x in node.attribute)
         k = a[-2] if transposed and len(a) >= 2 else a[-1]
         return 2 * int(np.prod(out)) * int(k)
     return 0
