@@ -579,9 +579,8 @@ def main() -> int:
     start = time.perf_counter()
     path = args.out.with_suffix(".json")
     earlier = load_run(path) if args.resume or args.render else None
-    if args.render:  # runs from before the search settings existed searched with their defaults
-        vars(args).update({"tune_population": parser.get_default("tune_population"),
-                           "tune_generations": parser.get_default("tune_generations"), **earlier["settings"]})
+    if args.render:  # runs from before the search settings were recorded searched with the defaults of then
+        vars(args).update({**UNRECORDED_SEARCH, **earlier["settings"]})
     threads = [int(t) for t in split_list(args.threads)]
     batches = [int(b) for b in split_list(args.batches)]
     settings = {k: getattr(args, k) for k in SETTINGS}
@@ -622,6 +621,9 @@ def main() -> int:
     return 0
 
 
+#: The search settings of runs from before the benchmark recorded them: dlcbench's defaults of then (four
+#: generations were the default until the one-generation run of b674a23).
+UNRECORDED_SEARCH = {"tune_population": 128, "tune_generations": 4}
 #: What a resumed run must share with the run it goes on with (the model list may grow).
 SETTINGS = ("preset", "threads", "batches", "tune_minutes", "tune_population", "tune_generations", "rounds",
             "min_seconds", "max_seconds")

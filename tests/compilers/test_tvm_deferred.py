@@ -135,8 +135,8 @@ def test_round_is_built_here_measured_without_tvm_and_committed(mlp, tmp_path):
 
     # A second round starts its cost model from the first round's records of the task.
     again = export_round(mlp, target, db, trials_per_task=2, out_dir=tmp_path / "round2", max_tasks=1, seed=2,
-                         population=32, generations=1)
-    assert (doc["population"], doc["generations"], again["population"], again["generations"]) == (128, 4, 32, 1)
+                         population=32, generations=2)
+    assert (doc["population"], doc["generations"], again["population"], again["generations"]) == (128, 1, 32, 2)
     assert [t["name"] for t in again["tasks"]] == [heavy["name"]]
     assert again["tasks"][0]["warm_start_records"] == 4 and len(again["tasks"][0]["candidates"]) == 2
     with pytest.raises(BadInputError, match="do not belong to round"):

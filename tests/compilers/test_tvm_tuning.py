@@ -131,7 +131,7 @@ def test_search_strategy_takes_the_configured_population_and_generations(tiny_ex
                                                                                       generations=0))):
         strategy = tune_contexts(tasks, tmp_path / name, config, 1, target_dict)[0].search_strategy
         found[name] = (strategy.population_size, strategy.genetic_num_iters, strategy.init_min_unmeasured)
-    assert found == {"default": (128, 4, 50), "small": (32, 0, 16)}
+    assert found == {"default": (128, 1, 50), "small": (32, 0, 16)}
 
 
 def test_tuning_flags_only_for_tvm():

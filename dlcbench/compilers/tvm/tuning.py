@@ -35,9 +35,10 @@ from dlcbench.cpus import pin_apart_from_pinned_threads, restore_affinity
 from dlcbench.config import cache_dir
 from dlcbench.errors import BackendRuntimeError, BackendUnavailableError, BadInputError, CompileError, one_line
 
-#: The evolutionary search's defaults (MetaSchedule's own are 512 and 4): see ``TuningConfig``.
+#: The evolutionary search's defaults (MetaSchedule's own are 512 and 4): see ``TuningConfig``. One generation
+#: per round, measured against four over the benchmark's 24 points: benchmarks/results/tvm-15min-g1-xeon-amx-b674a23.
 SEARCH_POPULATION = 128
-SEARCH_GENERATIONS = 4
+SEARCH_GENERATIONS = 1
 
 META_FILE = "dlcbench-tuning.json"
 #: Beside the records: where they were measured (``local``, ``rpc HOST:PORT key KEY``), one entry per place.
@@ -69,7 +70,8 @@ class TuningConfig:
             round is not sampled twice over for a few invalid candidates.
         generations: Evolutionary search generations per round (MetaSchedule's ``genetic_num_iters``, 4): each
             one mutates and scores the whole population, so the search's cost per round grows with
-            ``population * (generations + 1)``.
+            ``population * (generations + 1)``. One (the default) leaves more of the budget to building and
+            measuring candidates (docs/tuning.md compares one and four over the benchmark's points).
         rpc: A :class:`dlcbench.compilers.tvm.rpc.Tracker`: candidates are built here and measured on every
             server of its key, in parallel (MetaSchedule's ``RPCRunner``); None measures on this machine.
     """
