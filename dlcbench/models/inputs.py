@@ -328,7 +328,7 @@ def _gather_tables(model) -> dict[str, tuple[int, str]]:
 
 
 def _table_source(rows: int, how: str) -> str:
-    return f"model: indexes a table of {rows} rows" + (f" ({how})" if how else "")
+    return f"model: indexes a table of {rows} rows" + (f", {how}" if how else "")
 
 
 def add_table_ranges(declared: list[DeclaredInput], model) -> bool:
