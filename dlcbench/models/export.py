@@ -6,6 +6,7 @@ only when an export actually has to run, never on a cache hit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -386,21 +387,17 @@ def check_onnx(model, label: str, error=ExportError, runtime_ops: bool = False) 
         raise error(f"{label}: ONNX checker rejected the model: {one_line(err, 200)}") from None
 
 
-_KERNELS: list = []
-
-
+@functools.lru_cache(maxsize=1)
 def runtime_kernels() -> frozenset[tuple[str, str]] | None:
     """``(domain, op type)`` of every kernel ONNX Runtime's CPU provider has (the ONNX domain as ``''``), or None
     when this build does not list them."""
-    if not _KERNELS:
-        try:
-            from onnxruntime.capi import _pybind_state
+    try:
+        from onnxruntime.capi import _pybind_state
 
-            _KERNELS.append(frozenset((k.domain or "", k.op_name) for k in _pybind_state.get_all_opkernel_def()
-                                      if k.provider == "CPUExecutionProvider"))
-        except Exception:
-            _KERNELS.append(None)
-    return _KERNELS[0]
+        return frozenset((k.domain or "", k.op_name) for k in _pybind_state.get_all_opkernel_def()
+                         if k.provider == "CPUExecutionProvider")
+    except Exception:
+        return None
 
 
 def fix_erfc(model) -> int:
