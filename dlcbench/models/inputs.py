@@ -240,8 +240,7 @@ def _int_range(d: DeclaredInput, ranges: dict[str, tuple[int, int]]) -> tuple[in
 
 def onnx_declared_inputs(model) -> list[DeclaredInput]:
     """What an ONNX graph declares of its inputs (initializers listed as inputs excluded), with the valid range of
-    an integer input that indexes a constant table (``Gather`` of an initializer, possibly through ``Cast``)."""
-    tables = _gather_tables(model)
+    an integer input that indexes a constant table (:func:`add_table_ranges`)."""
     declared = []
     for value in graph_inputs(model):
         tensor = value.type.tensor_type
@@ -252,9 +251,8 @@ def onnx_declared_inputs(model) -> list[DeclaredInput]:
                 f"feed; supported: {', '.join(sorted(set(_ONNX_TO_NUMPY.values())))}")
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
         dim_names = [d.dim_param if d.HasField("dim_param") else "" for d in tensor.shape.dim]
-        table = tables.get(value.name)
-        declared.append(DeclaredInput(value.name, dims, dtype, dim_names, (0, table[0]) if table else None,
-                                      _table_source(*table) if table else ""))
+        declared.append(DeclaredInput(value.name, dims, dtype, dim_names))
+    add_table_ranges(declared, model)
     return declared
 
 
